@@ -1,0 +1,657 @@
+"""Synthetic pictures rendered with PIL for the offline datasets: documents, bar charts, cycle diagrams,
+infographics and coloured shapes.
+
+Every renderer takes a ``random.Random`` and returns the image together with what it drew, so that the
+questions asked about an image are answerable from its pixels. Only Pillow's bundled font is used
+(``ImageFont.load_default(size=...)``, Pillow >= 10.1), so rendering works offline and is deterministic for
+a given Pillow/FreeType build.
+"""
+
+import functools
+import itertools
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from PIL import Image, ImageDraw, ImageFont
+
+ImageSize = tuple[int, int]  # (width, height) in pixels
+
+DOCUMENT_KINDS = ("invoice", "receipt", "form")
+
+_MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
+_FIRST_NAMES = (
+    "John",
+    "Mary",
+    "Robert",
+    "Linda",
+    "James",
+    "Susan",
+    "David",
+    "Karen",
+    "Paul",
+    "Helen",
+    "Mark",
+    "Ruth",
+)
+_LAST_NAMES = (
+    "Smith",
+    "Miller",
+    "Jones",
+    "Brown",
+    "Davis",
+    "Wilson",
+    "Taylor",
+    "Clark",
+    "Lewis",
+    "Walker",
+    "Hall",
+)
+_COMPANY_WORDS = (
+    "Acme",
+    "Northern",
+    "Summit",
+    "Liberty",
+    "Pioneer",
+    "Atlas",
+    "Harbor",
+    "Golden",
+    "Union",
+    "Apex",
+)
+_COMPANY_NOUNS = (
+    "Tobacco",
+    "Foods",
+    "Chemicals",
+    "Supply",
+    "Paper",
+    "Labs",
+    "Motors",
+    "Textiles",
+    "Printing",
+)
+_COMPANY_SUFFIXES = ("Co.", "Inc.", "Corp.", "Ltd.")
+_CITIES = (
+    "Boston",
+    "Denver",
+    "Chicago",
+    "Atlanta",
+    "Richmond",
+    "Portland",
+    "Dallas",
+    "Raleigh",
+    "Memphis",
+    "Tulsa",
+)
+_DEPARTMENTS = ("Research", "Marketing", "Finance", "Legal", "Sales", "Purchasing", "Accounting")
+_ITEMS = (
+    "Coffee",
+    "Paper",
+    "Toner",
+    "Envelopes",
+    "Stamps",
+    "Folders",
+    "Pens",
+    "Binders",
+    "Labels",
+    "Postage",
+)
+_INKS = ("#111111", "#1b1b2f", "#222222", "#2b2118")
+_HANDWRITING_INKS = ("#1c3f94", "#0b2e6e", "#243c8f")
+_SHAPE_COLOURS = ("#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+_SHAPE_BACKGROUNDS = ("#ffffff", "#f2f2f2", "#fdf6e3", "#eef3f8")
+_CHART_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
+
+# Chart themes: title and the category labels it may show.
+_CHART_THEMES = (
+    ("Sales by Region (millions)", ("North", "South", "East", "West", "Central")),
+    ("Visitors per Year (thousands)", ("2015", "2016", "2017", "2018", "2019", "2020")),
+    ("Drinks Sold per Day", ("Tea", "Coffee", "Juice", "Milk", "Water")),
+    ("Exports by Country (tons)", ("France", "Italy", "Spain", "Poland", "Greece", "Norway")),
+)
+# Diagram themes: title, stages in order, and whether the last stage leads back to the first.
+_DIAGRAM_THEMES = (
+    ("Life cycle of a butterfly", ("egg", "caterpillar", "pupa", "butterfly"), True),
+    ("Life cycle of a frog", ("egg", "tadpole", "froglet", "frog"), True),
+    ("The water cycle", ("evaporation", "condensation", "precipitation", "collection"), True),
+    ("Life cycle of a plant", ("seed", "sprout", "seedling", "plant", "flower"), True),
+    ("A food chain", ("grass", "grasshopper", "frog", "snake", "hawk"), False),
+)
+_INFOGRAPHIC_THEMES = ("Digital Habits", "Life in the City", "Work and Leisure", "Consumer Trends")
+_INFOGRAPHIC_SUBJECTS = ("adults", "teenagers", "students", "employees", "households", "seniors")
+_INFOGRAPHIC_ACTIVITIES = (
+    "shop online",
+    "use a smartphone daily",
+    "work from home",
+    "read the news online",
+    "use social media",
+    "stream music",
+    "cycle to work",
+    "recycle plastic",
+)
+_INFOGRAPHIC_COLOURS = ("#1f4e79", "#7b2d26", "#2d6a4f", "#5a189a", "#b5651d")
+
+
+class DocField(NamedTuple):
+    """One piece of text drawn on a document, with the DocVQA question type and phrasings that ask for it."""
+
+    key: str
+    value: str  # exactly as drawn
+    question_type: str  # "form", "table/list", "layout", "free_text" or "handwritten" (DocVQA vocabulary)
+    questions: tuple[str, ...]
+    answers: tuple[str, ...]  # gold answers, the drawn value first, then equivalent spellings
+
+
+@dataclass(frozen=True)
+class RenderedDocument:
+    image: Image.Image
+    kind: str
+    fields: list[DocField]  # only what actually fit on the page
+
+
+@dataclass(frozen=True)
+class RenderedChart:
+    image: Image.Image
+    title: str
+    labels: list[str]
+    values: list[int]  # distinct, so "highest"/"lowest" questions have one answer
+
+
+@dataclass(frozen=True)
+class RenderedDiagram:
+    image: Image.Image
+    title: str
+    stages: list[str]  # in the order the arrows follow
+    cyclic: bool
+
+
+@dataclass(frozen=True)
+class RenderedInfographic:
+    image: Image.Image
+    title: str
+    year: str
+    stats: list[tuple[str, str]]  # (subject and activity, e.g. "adults shop online", percentage, e.g. "72%")
+
+
+class ShapeObject(NamedTuple):
+    label: str  # "rectangle", "circle" or "triangle"
+    bbox: tuple[int, int, int, int]  # tight pixel box, xyxy with exclusive x1/y1 (PIL's getbbox convention)
+
+
+@dataclass(frozen=True)
+class RenderedShapes:
+    image: Image.Image
+    objects: list[ShapeObject]
+
+
+@functools.cache
+def font(size: int) -> ImageFont.FreeTypeFont:
+    """Pillow's bundled font at ``size`` pixels (cached: loading it is the slowest part of drawing text)."""
+    return ImageFont.load_default(size=size)
+
+
+def _fitted_font(text: str, max_width: float, size: int, min_size: int = 10) -> ImageFont.FreeTypeFont:
+    """The largest font no bigger than ``size`` that draws ``text`` within ``max_width``."""
+    while size > min_size and font(size).getlength(text) > max_width:
+        size -= 1
+    return font(size)
+
+
+def _wrap(tokens: list[str], text_font: ImageFont.FreeTypeFont, max_width: float) -> list[str]:
+    """Greedy word wrap; tokens are never split, so a multi-word answer stays on one line."""
+    lines: list[str] = []
+    for token in tokens:
+        if lines and text_font.getlength(f"{lines[-1]} {token}") <= max_width:
+            lines[-1] = f"{lines[-1]} {token}"
+        else:
+            lines.append(token)
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Field values and the ways DocVQA annotators would accept them.
+
+
+def _date(rng: random.Random) -> tuple[str, tuple[str, ...]]:
+    day, month, year = rng.randint(1, 28), rng.randint(1, 12), rng.randint(1960, 2005)
+    drawn = f"{day:02d}/{month:02d}/{year}"
+    return drawn, (drawn, f"{day} {_MONTHS[month - 1]} {year}")
+
+
+def _money(cents: int) -> tuple[str, tuple[str, ...]]:
+    amount = f"{cents // 100:,}.{cents % 100:02d}"
+    return f"${amount}", (f"${amount}", amount)
+
+
+def _person(rng: random.Random) -> str:
+    return f"{rng.choice(_FIRST_NAMES)} {rng.choice(_LAST_NAMES)}"
+
+
+def _company(rng: random.Random) -> str:
+    return f"{rng.choice(_COMPANY_WORDS)} {rng.choice(_COMPANY_NOUNS)} {rng.choice(_COMPANY_SUFFIXES)}"
+
+
+# Plain key-value fields: how to draw a value, and questions that ask for it.
+_FORM_FIELDS: dict[str, tuple[Callable[[random.Random], str], tuple[str, ...]]] = {
+    "Invoice No": (
+        lambda rng: str(rng.randint(1000, 99999)),
+        ("What is the invoice number?", "What is the invoice no.?"),
+    ),
+    "Order No": (
+        lambda rng: f"{rng.choice('ABCDEFGH')}-{rng.randint(100, 9999)}",
+        ("What is the order number?",),
+    ),
+    "Name": (_person, ("What is the name given in the document?", "Whose name is on the document?")),
+    "Company": (_company, ("What is the name of the company?", "Which company is mentioned?")),
+    "Phone": (
+        lambda rng: f"({rng.randint(201, 989)}) {rng.randint(201, 989)}-{rng.randint(0, 9999):04d}",
+        ("What is the phone number?", "What is the telephone number given?"),
+    ),
+    "City": (lambda rng: rng.choice(_CITIES), ("Which city is mentioned in the document?",)),
+    "Account No": (lambda rng: str(rng.randint(10_000_000, 99_999_999)), ("What is the account number?",)),
+    "Department": (
+        lambda rng: rng.choice(_DEPARTMENTS),
+        ("Which department is mentioned?", "What is the department?"),
+    ),
+}
+
+
+def _form_field(rng: random.Random, key: str) -> DocField:
+    """A key-value field drawn as "Key: value"."""
+    if key in _FORM_FIELDS:
+        generate, questions = _FORM_FIELDS[key]
+        value = generate(rng)
+        return DocField(key, value, "form", questions, (value,))
+    if key == "Date":
+        value, answers = _date(rng)
+        return DocField(
+            key, value, "form", ("What is the date mentioned in this document?", "When is it dated?"), answers
+        )
+    if key == "Amount":
+        value, answers = _money(rng.randint(100, 500_000))
+        return DocField(key, value, "form", ("What is the amount?", "How much is the amount?"), answers)
+    raise ValueError(f"unknown document field {key!r}")
+
+
+def _free_text_field(rng: random.Random) -> tuple[DocField, list[str]]:
+    """A sentence that contains the answer, returned with its tokens (the answer being one token)."""
+    choice = rng.randrange(3)
+    if choice == 0:
+        value = f"Room {rng.randint(100, 999)}"
+        field = DocField("Meeting room", value, "free_text", ("Where will the meeting be held?",), (value,))
+        return field, ["The", "meeting", "will", "be", "held", "in", value, "."]
+    if choice == 1:
+        value, answers = _date(rng)
+        field = DocField("Reply by", value, "free_text", ("By what date should the reply be sent?",), answers)
+        return field, ["Please", "reply", "before", value, "."]
+    value = rng.choice(_CITIES)
+    field = DocField("Shipped to", value, "free_text", ("Where were the samples shipped?",), (value,))
+    return field, ["Samples", "were", "shipped", "to", value, "."]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Documents
+
+
+class _Page:
+    """A top-to-bottom text cursor that refuses to draw below the bottom margin."""
+
+    def __init__(self, image: Image.Image, margin: int, ink: str) -> None:
+        self.image = image
+        self.draw = ImageDraw.Draw(image)
+        self.margin = margin
+        self.ink = ink
+        self.y = margin
+        self.width = image.width - 2 * margin
+
+    def fits(self, height: int) -> bool:
+        return self.y + height <= self.image.height - self.margin
+
+    def text(self, x: float, text: str, text_font: ImageFont.FreeTypeFont) -> None:
+        self.draw.text((x, self.y), text, font=text_font, fill=self.ink)
+
+
+def render_document(
+    rng: random.Random, image_size: ImageSize = (384, 512), kind: str | None = None
+) -> RenderedDocument:
+    """A white page with a title and key-value fields (plus an item table for invoices/receipts, a sentence
+    and a handwritten signature for forms), laid out differently each time; ``fields`` lists what was drawn."""
+    kind = kind or rng.choice(DOCUMENT_KINDS)
+    if kind not in DOCUMENT_KINDS:
+        raise ValueError(f"unknown document kind {kind!r}; expected one of {DOCUMENT_KINDS}")
+    scale = image_size[0] / 384
+    image = Image.new("RGB", image_size, "white")
+    page = _Page(image, margin=round(rng.randint(16, 30) * scale), ink=rng.choice(_INKS))
+    fields: list[DocField] = []
+
+    titles = {
+        "invoice": ("INVOICE", "TAX INVOICE"),
+        "receipt": ("RECEIPT", "SALES RECEIPT", "CASH RECEIPT"),
+        "form": ("ORDER FORM", "REQUEST FORM", "APPLICATION FORM", "EXPENSE REPORT"),
+    }
+    title = rng.choice(titles[kind])
+    title_font = _fitted_font(title, page.width, round(rng.randint(26, 32) * scale))
+    title_width = title_font.getlength(title)
+    title_x = page.margin if rng.random() < 0.5 else page.margin + (page.width - title_width) / 2
+    title_height = title_font.size + round(6 * scale)
+    if rng.random() < 0.4:  # grey header band, common on printed forms
+        page.draw.rectangle((0, 0, image.width, page.y + title_height + 4 * scale), fill="#e4e4e4")
+    page.text(title_x, title, title_font)
+    questions = ("What is the title of the document?", "What is written at the top of the document?")
+    fields.append(DocField("Title", title, "layout", questions, (title,)))
+    page.y += title_height + round(rng.randint(8, 16) * scale)
+    if rng.random() < 0.5:
+        page.draw.line(
+            (page.margin, page.y - 6 * scale, image.width - page.margin, page.y - 6 * scale), fill=page.ink
+        )
+
+    required = {
+        "invoice": ["Invoice No", "Date", "Company"],
+        "receipt": ["Company", "Date"],
+        "form": ["Name", "Date"],
+    }
+    optional = {
+        "invoice": ["Name", "Account No", "Phone", "City", "Order No"],
+        "receipt": ["Phone", "City", "Order No", "Name"],
+        "form": ["Company", "Department", "Phone", "Account No", "City", "Amount"],
+    }
+    keys = required[kind] + rng.sample(optional[kind], rng.randint(1, 3))
+    rng.shuffle(keys)
+    body_font = font(round(rng.randint(17, 20) * scale))
+    line_height = body_font.size + round(rng.randint(8, 13) * scale)
+    value_x = page.margin + max(body_font.getlength(f"{key}:") for key in keys) + 12 * scale
+    columns = rng.random() < 0.5  # values aligned in a column, or right after their key
+    for key in keys:
+        field = _form_field(rng, key)
+        line = f"{key}: {field.value}"
+        # Long values get a slightly smaller font rather than running off the page; unfittable ones are skipped.
+        line_font = _fitted_font(line, page.width, body_font.size, min_size=body_font.size - 4)
+        if not page.fits(line_height) or line_font.getlength(line) > page.width:
+            continue
+        if columns and value_x + body_font.getlength(field.value) <= image.width - page.margin:
+            page.text(page.margin, f"{key}:", body_font)
+            page.text(value_x, field.value, body_font)
+        else:
+            page.text(page.margin, line, line_font)
+        fields.append(field)
+        page.y += line_height
+
+    if kind == "form":
+        if rng.random() < 0.6:
+            field, tokens = _free_text_field(rng)
+            lines = _wrap(tokens, body_font, page.width)
+            if page.fits(line_height * len(lines)):
+                page.y += round(6 * scale)
+                for line in lines:
+                    page.text(page.margin, line.replace(" .", "."), body_font)
+                    page.y += line_height
+                fields.append(field)
+        if rng.random() < 0.7:
+            fields.extend(_draw_signature(rng, page, body_font, line_height, scale))
+    else:
+        fields.extend(_draw_item_table(rng, page, body_font, line_height, scale))
+    return RenderedDocument(image=image, kind=kind, fields=fields)
+
+
+def _draw_item_table(
+    rng: random.Random, page: _Page, body_font: ImageFont.FreeTypeFont, line_height: int, scale: float
+) -> list[DocField]:
+    """An "Item / Amount" table whose total is the sum of the rows drawn."""
+    right = page.image.width - page.margin
+    rows = [(item, rng.randint(100, 9_999)) for item in rng.sample(_ITEMS, rng.randint(2, 4))]
+    if not page.fits(line_height * 2 + round(16 * scale)):
+        return []
+    page.y += round(8 * scale)
+    page.text(page.margin, "Item", body_font)
+    page.text(right - body_font.getlength("Amount"), "Amount", body_font)
+    page.y += line_height
+    page.draw.line((page.margin, page.y - 5 * scale, right, page.y - 5 * scale), fill=page.ink)
+    fields: list[DocField] = []
+    total = 0
+    for item, cents in rows:
+        if not page.fits(line_height * 2):  # keep room for the total
+            break
+        value, answers = _money(cents)
+        page.text(page.margin, item, body_font)
+        page.text(right - body_font.getlength(value), value, body_font)
+        questions = (f"What is the amount for {item}?", f"How much is {item}?")
+        fields.append(DocField(item, value, "table/list", questions, answers))
+        total += cents
+        page.y += line_height
+    page.draw.line((page.margin, page.y - 5 * scale, right, page.y - 5 * scale), fill=page.ink)
+    value, answers = _money(total)
+    page.text(page.margin, "Total", body_font)
+    page.text(right - body_font.getlength(value), value, body_font)
+    page.y += line_height
+    fields.append(
+        DocField("Total", value, "table/list", ("What is the total amount?", "What is the total?"), answers)
+    )
+    return fields
+
+
+def _draw_signature(
+    rng: random.Random, page: _Page, body_font: ImageFont.FreeTypeFont, line_height: int, scale: float
+) -> list[DocField]:
+    """ "Signed by:" followed by a name in blue ink, slightly tilted, standing in for handwriting."""
+    name = _person(rng)
+    ink_font = font(body_font.size + round(3 * scale))
+    if not page.fits(line_height + ink_font.size):
+        return []
+    page.y += round(10 * scale)
+    page.text(page.margin, "Signed by:", body_font)
+    x = page.margin + body_font.getlength("Signed by:") + 10 * scale
+    if x + ink_font.getlength(name) + 8 * scale > page.image.width - page.margin:
+        return []
+    patch = Image.new("RGBA", (math.ceil(ink_font.getlength(name)) + 8, ink_font.size * 2), (0, 0, 0, 0))
+    ImageDraw.Draw(patch).text(
+        (4, ink_font.size // 3), name, font=ink_font, fill=rng.choice(_HANDWRITING_INKS)
+    )
+    patch = patch.rotate(rng.uniform(-4, 4), resample=Image.Resampling.BICUBIC, expand=True)
+    page.image.paste(patch, (round(x), round(page.y - ink_font.size / 3)), patch)
+    page.y += line_height + ink_font.size // 2
+    questions = ("Who signed the form?", "Whose signature is on the document?")
+    return [DocField("Signed by", name, "handwritten", questions, (name,))]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Charts, diagrams, infographics
+
+
+def render_bar_chart(rng: random.Random, image_size: ImageSize = (384, 384)) -> RenderedChart:
+    """A titled vertical bar chart with category labels under the bars and each value printed above its bar."""
+    width, height = image_size
+    scale = min(width, height) / 384
+    title, pool = rng.choice(_CHART_THEMES)
+    count = rng.randint(3, min(6, len(pool)))
+    labels = list(pool[:count]) if pool[0].isdigit() else rng.sample(pool, count)  # keep years in order
+    values = rng.sample(range(5, 96), count)
+    image = Image.new("RGB", image_size, "white")
+    draw = ImageDraw.Draw(image)
+    margin = round(16 * scale)
+    title_font = _fitted_font(title, width - 2 * margin, round(22 * scale))
+    draw.text(((width - title_font.getlength(title)) / 2, margin), title, font=title_font, fill="#111111")
+    label_font, value_font = font(round(15 * scale)), font(round(16 * scale))
+    left, right = margin + round(10 * scale), width - margin
+    top = margin + title_font.size + round(30 * scale)
+    bottom = height - margin - round(26 * scale)
+    draw.line((left, top, left, bottom), fill="#333333", width=2)
+    draw.line((left, bottom, right, bottom), fill="#333333", width=2)
+    if rng.random() < 0.5:  # light gridlines
+        for fraction in (0.25, 0.5, 0.75):
+            y = bottom - (bottom - top) * fraction
+            draw.line((left + 2, y, right, y), fill="#dddddd")
+    slot = (right - left) / count
+    colours = (
+        [rng.choice(_CHART_COLOURS)] * count if rng.random() < 0.6 else rng.sample(_CHART_COLOURS, count)
+    )
+    for index, (label, value, colour) in enumerate(zip(labels, values, colours, strict=True)):
+        x0 = left + slot * index + slot * 0.2
+        x1 = left + slot * (index + 0.8)
+        y0 = bottom - (bottom - top) * value / 100
+        draw.rectangle((x0, y0, x1, bottom - 1), fill=colour)
+        text = str(value)
+        draw.text(
+            ((x0 + x1 - value_font.getlength(text)) / 2, y0 - value_font.size - 4),
+            text,
+            font=value_font,
+            fill="#111111",
+        )
+        fitted = _fitted_font(label, slot - 4, label_font.size)
+        draw.text(
+            ((x0 + x1 - fitted.getlength(label)) / 2, bottom + 6 * scale), label, font=fitted, fill="#111111"
+        )
+    return RenderedChart(image=image, title=title, labels=labels, values=values)
+
+
+def _arrow(
+    draw: ImageDraw.ImageDraw, start: tuple[float, float], end: tuple[float, float], size: float
+) -> None:
+    draw.line((start, end), fill="#333333", width=max(2, round(size / 5)))
+    angle = math.atan2(end[1] - start[1], end[0] - start[0])
+    head = [
+        end,
+        (end[0] - size * math.cos(angle - 0.45), end[1] - size * math.sin(angle - 0.45)),
+        (end[0] - size * math.cos(angle + 0.45), end[1] - size * math.sin(angle + 0.45)),
+    ]
+    draw.polygon(head, fill="#333333")
+
+
+def render_cycle_diagram(rng: random.Random, image_size: ImageSize = (384, 384)) -> RenderedDiagram:
+    """AI2D-style diagram: labelled boxes around an ellipse joined by arrows in stage order."""
+    width, height = image_size
+    scale = min(width, height) / 384
+    title, stages, cyclic = rng.choice(_DIAGRAM_THEMES)
+    image = Image.new("RGB", image_size, "white")
+    draw = ImageDraw.Draw(image)
+    margin = round(14 * scale)
+    title_font = _fitted_font(title, width - 2 * margin, round(22 * scale))
+    draw.text(((width - title_font.getlength(title)) / 2, margin), title, font=title_font, fill="#111111")
+    label_font = font(round(16 * scale))
+    pad = round(7 * scale)
+    centre_y = (height + margin + title_font.size) / 2
+    radius_x, radius_y = width * 0.3, (height - title_font.size - 2 * margin) * 0.32
+    start, direction = rng.uniform(0, 2 * math.pi), rng.choice((1, -1))
+    fill = rng.choice(("#fff2cc", "#dae8fc", "#d5e8d4", "#f8cecc"))
+    boxes = []
+    for index, stage in enumerate(stages):
+        angle = start + direction * 2 * math.pi * index / len(stages)
+        cx, cy = width / 2 + radius_x * math.cos(angle), centre_y + radius_y * math.sin(angle)
+        half_w, half_h = label_font.getlength(stage) / 2 + pad, label_font.size / 2 + pad
+        boxes.append((cx, cy, half_w, half_h))
+    for (ax, ay, ahw, ahh), (bx, by, bhw, bhh) in itertools.pairwise(boxes + boxes[:1] if cyclic else boxes):
+        dx, dy = bx - ax, by - ay
+        # Fractions of the centre-to-centre segment spent inside each box, so arrows run edge to edge.
+        leave = min(ahw / abs(dx) if dx else math.inf, ahh / abs(dy) if dy else math.inf) + 0.04
+        enter = min(bhw / abs(dx) if dx else math.inf, bhh / abs(dy) if dy else math.inf) + 0.04
+        if leave + enter < 1:
+            _arrow(draw, (ax + dx * leave, ay + dy * leave), (bx - dx * enter, by - dy * enter), 10 * scale)
+    for stage, (cx, cy, half_w, half_h) in zip(stages, boxes, strict=True):
+        draw.rounded_rectangle(
+            (cx - half_w, cy - half_h, cx + half_w, cy + half_h), 6, fill=fill, outline="#333333"
+        )
+        draw.text((cx - half_w + pad, cy - half_h + pad - 2 * scale), stage, font=label_font, fill="#111111")
+    return RenderedDiagram(image=image, title=title, stages=list(stages), cyclic=cyclic)
+
+
+def render_infographic(rng: random.Random, image_size: ImageSize = (384, 512)) -> RenderedInfographic:
+    """A poster: coloured header with a titled year, then large percentages each explained by a caption."""
+    width, height = image_size
+    scale = width / 384
+    year = str(rng.randint(2012, 2023))
+    title = f"{rng.choice(_INFOGRAPHIC_THEMES)} {year}"
+    colour = rng.choice(_INFOGRAPHIC_COLOURS)
+    image = Image.new("RGB", image_size, "#fbfbf8")
+    draw = ImageDraw.Draw(image)
+    margin = round(18 * scale)
+    title_font = _fitted_font(title, width - 2 * margin, round(30 * scale))
+    header = margin * 2 + title_font.size
+    draw.rectangle((0, 0, width, header), fill=colour)
+    draw.text((margin, margin), title, font=title_font, fill="white")
+    value_font, caption_font = font(round(36 * scale)), font(round(16 * scale))
+    icon = round(26 * scale)
+    text_x = margin + icon + round(14 * scale)
+    row_height = value_font.size + 2 * caption_font.size + round(24 * scale)
+    y = header + round(18 * scale)
+    stats: list[tuple[str, str]] = []
+    for activity, percent in zip(
+        rng.sample(_INFOGRAPHIC_ACTIVITIES, rng.randint(2, 4)), rng.sample(range(5, 96), 4), strict=False
+    ):
+        if y + row_height > height - margin:
+            break
+        subject = rng.choice(_INFOGRAPHIC_SUBJECTS)
+        value = f"{percent}%"
+        draw.ellipse((margin, y + 6 * scale, margin + icon, y + 6 * scale + icon), fill=colour)
+        draw.text((text_x, y), value, font=value_font, fill=colour)
+        caption_y = y + value_font.size + round(6 * scale)
+        for line in _wrap(f"of {subject} {activity}".split(), caption_font, width - text_x - margin):
+            draw.text((text_x, caption_y), line, font=caption_font, fill="#222222")
+            caption_y += caption_font.size + round(4 * scale)
+        stats.append((f"{subject} {activity}", value))
+        y += row_height
+    footer = f"Source: survey of {rng.randint(5, 40) * 100:,} people"
+    draw.text((margin, height - margin - caption_font.size), footer, font=caption_font, fill="#666666")
+    return RenderedInfographic(image=image, title=title, year=year, stats=stats)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Shapes for detection
+
+
+def render_shapes(
+    rng: random.Random, image_size: ImageSize = (256, 256), max_objects: int = 4
+) -> RenderedShapes:
+    """1..max_objects non-overlapping coloured rectangles, circles and triangles on a plain background.
+
+    Each shape is drawn through its own mask and its box is the mask's bounding box, so boxes are exactly
+    tight; shapes keep a gap between them and from the border so no box hides part of another shape.
+    """
+    width, height = image_size
+    image = Image.new("RGB", image_size, rng.choice(_SHAPE_BACKGROUNDS))
+    edge, gap = 4, 6
+    min_side, max_side = max(12, min(width, height) // 10), max(16, min(width, height) // 3)
+    placed: list[tuple[int, int, int, int]] = []
+    objects: list[ShapeObject] = []
+    for _ in range(rng.randint(1, max_objects)):
+        for _attempt in range(50):
+            w, h = rng.randint(min_side, max_side), rng.randint(min_side, max_side)
+            x0, y0 = rng.randint(edge, width - edge - w), rng.randint(edge, height - edge - h)
+            box = (x0, y0, x0 + w, y0 + h)
+            if all(
+                box[2] + gap <= o[0] or o[2] + gap <= box[0] or box[3] + gap <= o[1] or o[3] + gap <= box[1]
+                for o in placed
+            ):
+                break
+        else:
+            continue  # crowded: fewer shapes rather than overlapping ones
+        label = rng.choice(("rectangle", "circle", "triangle"))
+        mask = Image.new("L", image_size, 0)
+        mask_draw = ImageDraw.Draw(mask)
+        if label == "rectangle":
+            mask_draw.rectangle((x0, y0, x0 + w - 1, y0 + h - 1), fill=255)
+        elif label == "circle":
+            side = min(w, h)
+            mask_draw.ellipse((x0, y0, x0 + side - 1, y0 + side - 1), fill=255)
+        else:
+            apex = rng.randint(x0, x0 + w - 1)
+            mask_draw.polygon([(apex, y0), (x0, y0 + h - 1), (x0 + w - 1, y0 + h - 1)], fill=255)
+        image.paste(rng.choice(_SHAPE_COLOURS), mask=mask)
+        bbox = mask.getbbox()
+        assert bbox is not None  # the mask always has drawn pixels
+        placed.append(box)
+        objects.append(ShapeObject(label=label, bbox=bbox))
+    return RenderedShapes(image=image, objects=objects)

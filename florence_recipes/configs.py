@@ -1,0 +1,277 @@
+"""Typed recipe arguments and the YAML + command-line parser.
+
+We extend transformers' `HfArgumentParser` rather than TRL's `TrlParser`: it is the parser every
+transformers example uses, it keeps TRL (and its own dependency tree) out of a project that trains no
+policy, and the one feature we borrow from TRL — YAML values become argparse *defaults*, so any CLI
+flag overrides them — is a few lines on top of it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+from transformers import HfArgumentParser, Seq2SeqTrainingArguments
+
+TRAINING_MODES = ("full", "frozen_vision", "lora")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+TORCH_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class ModelArguments:
+    """Which Florence-2 checkpoint to load and which of its parameters to train."""
+
+    model_name_or_path: str = field(
+        default="florence-community/Florence-2-base",
+        metadata={
+            "help": "Hub id (e.g. florence-community/Florence-2-large) or local folder of a native Florence-2."
+        },
+    )
+    model_revision: str = field(
+        default="main", metadata={"help": "Branch, tag or commit of the Hub checkpoint."}
+    )
+    torch_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "dtype the weights are loaded in. Keep float32 master weights with `bf16: true` mixed precision; "
+            "`bfloat16` loads bf16 weights (less memory, pure-bf16 training).",
+            "choices": TORCH_DTYPES,
+        },
+    )
+    attn_implementation: str = field(
+        default="sdpa",
+        metadata={
+            "help": "Attention kernel: sdpa works everywhere; flash_attention_2 needs `pip install -e .[flash-attn]`.",
+            "choices": ATTN_IMPLEMENTATIONS,
+        },
+    )
+    training_mode: str = field(
+        default="full",
+        metadata={
+            "help": "full: train everything; frozen_vision: freeze the DaViT vision tower and its projector; "
+            "lora: LoRA adapters on the language model, everything else frozen.",
+            "choices": TRAINING_MODES,
+        },
+    )
+    lora_r: int | None = field(default=None, metadata={"help": "LoRA rank (lora mode only; default 16)."})
+    lora_alpha: int | None = field(
+        default=None, metadata={"help": "LoRA alpha (lora mode only; default 2 * r)."}
+    )
+    lora_dropout: float | None = field(
+        default=None, metadata={"help": "LoRA dropout (lora mode only; default 0.05)."}
+    )
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Linear layers of the language model that get adapters (lora mode only; default: "
+            "q_proj k_proj v_proj out_proj fc1 fc2)."
+        },
+    )
+    merge_lora: bool | None = field(
+        default=None,
+        metadata={
+            "help": "lora mode only: save the adapters merged into a plain Florence-2 checkpoint (true) or "
+            "as a PEFT adapter folder (false, the default)."
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Never needed for native Florence-2 checkpoints; only for custom code you have reviewed."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        _check_choice("torch_dtype", self.torch_dtype, TORCH_DTYPES)
+        _check_choice("attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
+        _check_choice("training_mode", self.training_mode, TRAINING_MODES)
+        if self.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+            raise ValueError(
+                "attn_implementation=flash_attention_2 needs flash-attn: pip install -e .[flash-attn]"
+            )
+        lora_options = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "merge_lora")
+        if self.training_mode != "lora":
+            given = [name for name in lora_options if getattr(self, name) is not None]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)}: valid only with training_mode=lora (got {self.training_mode})"
+                )
+            return
+        self.lora_r = 16 if self.lora_r is None else self.lora_r
+        self.lora_alpha = 2 * self.lora_r if self.lora_alpha is None else self.lora_alpha
+        self.lora_dropout = 0.05 if self.lora_dropout is None else self.lora_dropout
+        self.lora_target_modules = self.lora_target_modules or [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "out_proj",
+            "fc1",
+            "fc2",
+        ]
+        self.merge_lora = bool(self.merge_lora)
+        if self.lora_r <= 0:
+            raise ValueError(f"lora_r must be positive, got {self.lora_r}")
+
+
+@dataclass
+class DataArguments:
+    """Which dataset to train and evaluate on, and how to turn its rows into prompts and targets."""
+
+    task: str = field(
+        default="docvqa",
+        metadata={"help": "Registered task that maps a dataset row to (image, prompt, target, answers)."},
+    )
+    dataset_name: str = field(
+        default="HuggingFaceM4/DocumentVQA",
+        metadata={
+            "help": "Hub dataset id or local folder in the same layout, loaded with `datasets.load_dataset`."
+        },
+    )
+    dataset_config: str | None = field(
+        default=None, metadata={"help": "Dataset configuration (subset) name."}
+    )
+    train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_split: str = field(
+        default="validation", metadata={"help": "Split to evaluate on (scored with ANLS)."}
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first N training examples (quick runs, debugging)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first N evaluation examples."}
+    )
+    max_target_length: int = field(
+        default=128,
+        metadata={"help": "Target token budget; longer answers are truncated (DocVQA answers: ~10)."},
+    )
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for the one-off `datasets.map` that standardises rows."}
+    )
+    build_offline_fixtures: bool = field(
+        default=False,
+        metadata={
+            "help": "Smoke runs: if `model_name_or_path` / `dataset_name` are missing local folders, build the tiny "
+            "random Florence-2 and the synthetic DocVQA there first (no Hub access needed)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+        if self.max_target_length <= 2:
+            raise ValueError(
+                f"max_target_length must leave room for <s> and </s>, got {self.max_target_length}"
+            )
+
+
+@dataclass
+class FlorenceTrainingArguments(Seq2SeqTrainingArguments):
+    """`Seq2SeqTrainingArguments` with defaults that are right for Florence-2 recipes."""
+
+    predict_with_generate: bool = field(
+        default=True, metadata={"help": "Score evaluation with real generation (ANLS), not only the loss."}
+    )
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={"help": "Keep raw columns: the collator turns images and prompts into tensors."},
+    )
+    dataloader_num_workers: int = field(
+        default=4, metadata={"help": "DataLoader worker processes that decode images and run the processor."}
+    )
+    dataloader_persistent_workers: bool = field(
+        default=True, metadata={"help": "Keep DataLoader workers alive between epochs and evaluations."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start a new run in an output_dir that holds checkpoints; they are moved to "
+            "previous-run-<time>/ first, never deleted."
+        },
+    )
+    hub_private_repo: bool | None = field(
+        default=True, metadata={"help": "Create the Hub repository as private (set false to publish openly)."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.dataloader_num_workers == 0:
+            # Persistent workers need workers; 0 means the main process loads the data.
+            self.dataloader_persistent_workers = False
+        super().__post_init__()
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    # argparse only checks `choices` for values typed on the command line, not for YAML defaults.
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of: {', '.join(choices)}")
+
+
+class RecipeArgumentParser(HfArgumentParser):
+    """`HfArgumentParser` that reads `--config recipe.yaml` and lets every CLI flag override it."""
+
+    def __init__(self, dataclass_types: tuple[type, ...], **kwargs: Any) -> None:
+        super().__init__(dataclass_types, **kwargs)
+        self.add_argument(
+            "--config", type=str, default=None, help="YAML recipe; CLI flags override its values."
+        )
+
+    def error(self, message: str) -> NoReturn:
+        # One line, no usage dump: the usage of ~200 training flags buries the actual problem.
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.exit(2)
+
+    def parse(self, args: list[str] | None = None) -> tuple[Any, ...]:
+        args = sys.argv[1:] if args is None else list(args)
+        config_path, rest = self._split_config_flag(args)
+        if config_path is not None:
+            self._apply_yaml_defaults(Path(config_path))
+        try:
+            parsed = self.parse_args_into_dataclasses(rest, look_for_args_file=False)
+        except ValueError as err:  # validation in the dataclasses' __post_init__
+            self.error(str(err).strip().splitlines()[0])
+        return parsed[: len(self.dataclass_types)]
+
+    def _split_config_flag(self, args: list[str]) -> tuple[str | None, list[str]]:
+        config, rest, i = None, [], 0
+        while i < len(args):
+            if args[i] == "--config":
+                if i + 1 >= len(args):
+                    self.error("--config needs a path to a YAML file")
+                config, i = args[i + 1], i + 2
+            elif args[i].startswith("--config="):
+                config, i = args[i].split("=", 1)[1], i + 1
+            else:
+                rest.append(args[i])
+                i += 1
+        return config, rest
+
+    def _apply_yaml_defaults(self, path: Path) -> None:
+        if not path.is_file():
+            self.error(f"config file not found: {path}")
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            self.error(f"{path}: invalid YAML ({str(err).splitlines()[0]})")
+        if not isinstance(values, dict):
+            self.error(f"{path}: expected a mapping of argument names to values")
+        known = {f.name for dtype in self.dataclass_types for f in fields(dtype) if f.init}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            self.error(f"{path}: unknown key(s) {', '.join(repr(k) for k in unknown)}")
+        self.set_defaults(**values)
+        for action in self._actions:
+            if action.dest in values:
+                action.required = False  # given in the YAML, so no longer required on the CLI
+
+
+def parse_recipe_args(
+    args: list[str] | None = None,
+) -> tuple[ModelArguments, DataArguments, FlorenceTrainingArguments]:
+    parser = RecipeArgumentParser((ModelArguments, DataArguments, FlorenceTrainingArguments))
+    return parser.parse(args)
