@@ -1,0 +1,139 @@
+"""The benchmark command runs end to end on the tiny model; batched eval grouped by length keeps dataset order."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoProcessor
+
+from florence_recipes.collator import Florence2Collator
+from florence_recipes.configs import FlorenceTrainingArguments, ModelArguments
+from florence_recipes.data import column_values, get_task, load_task_split
+from florence_recipes.metrics import build_compute_metrics
+from florence_recipes.modeling import load_model, set_generation_length
+from florence_recipes.speed import length_sorted_order, restore_dataset_order
+from florence_recipes.training import FlorenceTrainer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_command_on_tiny_writes_the_documented_json(tmp_path: Path) -> None:
+    output = tmp_path / "results.json"
+    command = [
+        sys.executable, str(REPO_ROOT / "recipes" / "benchmark.py"),
+        "--model-size", "tiny", "--mode", "frozen_vision", "--steps", "2", "--output", str(output),
+        # Small enough for CI: no timing is asserted, only that every measurement is produced.
+        "--work-dir", str(tmp_path / "work"), "--document-size", "320x452", "--batch-size", "3",
+        "--eval-samples", "3", "--eval-max-new-tokens", "4", "--loader-batches", "1",
+        "--ablate", "feature_cache",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    data = json.loads(output.read_text())
+    for path in ("ours", "seed"):
+        for key in (
+            "train_samples_per_s",
+            "train_tokens_per_s",
+            "mfu",
+            "peak_memory_bytes",
+            "eval_samples_per_s",
+        ):
+            assert data[path][key] > 0, (path, key)
+        assert len(data[path]["step_seconds"]) == 2
+        assert data[path]["flops_per_step"] > 0 and data[path]["loader_samples_per_s"] > 0
+    assert data["train_ratio"] == data["ours"]["train_samples_per_s"] / data["seed"]["train_samples_per_s"]
+    assert data["device"] and data["device_type"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert data["seed"]["precision"] == "fp32"
+    assert data["ours"]["settings"]["feature_cache"] != "none"  # the frozen_vision YAML's default
+    assert data["ours"]["cache_images"] == 4  # (3 steps + 1 loader batch) x 3 questions, 3 per document
+    assert list(data["ablations"]) == ["feature_cache"]
+    assert data["ablations"]["feature_cache"]["train_samples_per_s"] > 0
+    # The printed table: a header with the device and a row per measurement, ratios last.
+    assert "| train samples/s |" in result.stdout and data["device"] in result.stdout
+    assert f"{data['train_ratio']:.2f}x" in result.stdout
+
+
+def test_eval_order_sorts_by_length_keeps_images_together_and_is_restored() -> None:
+    prompts = ["a", "abcd", "ab", "abc", "abcd", "abcdef"]
+    image_ids = ["x", "y", "z", "x", "w", "z"]
+    order = length_sorted_order(prompts, image_ids)
+    assert order == [5, 2, 1, 4, 3, 0]  # z (6, 2 chars), y (4), w (4), x (3, 1): longest group first
+    # One question per image: plain length order.
+    assert length_sorted_order(prompts, [str(i) for i in range(6)]) == [5, 1, 4, 3, 2, 0]
+    produced = np.array([[i] for i in order])  # what a run in that order yields
+    assert restore_dataset_order((produced, None), order)[0].ravel().tolist() == list(range(6))
+
+
+def test_eval_grouped_by_length_scores_in_dataset_order(
+    tiny_model_dir: Path, docvqa_dir: Path, tmp_path: Path
+) -> None:
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    rows = load_task_split(get_task("docvqa"), str(docvqa_dir), "validation")
+    order = length_sorted_order(column_values(rows, "prompt"), column_values(rows, "image_id"))
+    assert order != list(range(len(rows)))  # the order really changes
+
+    images_seen: list[int] = []
+
+    def evaluate(group_eval_by_length: bool, dedup_vision: bool = False) -> tuple[Any, ...]:
+        images_seen.clear()
+        model = load_model(ModelArguments(model_name_or_path=str(tiny_model_dir)))
+        set_generation_length(model, 8)
+        encode_images = model.model.get_image_features
+        model.model.get_image_features = lambda pixel_values, **kw: (
+            images_seen.append(len(pixel_values)) or encode_images(pixel_values, **kw)
+        )
+        metrics = build_compute_metrics(processor.tokenizer, references=column_values(rows, "answers"))
+        scored = {}
+
+        def compute_metrics(prediction):
+            scored["labels"] = prediction.label_ids  # the order compute_metrics sees
+            return metrics(prediction)
+
+        args = FlorenceTrainingArguments(
+            output_dir=str(tmp_path),
+            per_device_eval_batch_size=6,
+            dataloader_num_workers=0,
+            report_to="none",
+            use_cpu=True,
+            generation_max_length=8,
+            group_eval_by_length=group_eval_by_length,
+            dedup_vision=dedup_vision,
+        )
+        trainer = FlorenceTrainer(
+            model=model,
+            args=args,
+            eval_dataset=rows,
+            data_collator=Florence2Collator(processor),
+            processing_class=processor,
+            compute_metrics=compute_metrics,
+        )
+        output = trainer.predict(rows)
+        return output.metrics, metrics.last_predictions, scored["labels"], output.label_ids
+
+    plain_metrics, plain_predictions, plain_scored, plain_labels = evaluate(False)
+    assert sum(images_seen) == 2 * 12  # Seq2SeqTrainer: every question's image, in generate and for the loss
+    grouped_metrics, grouped_predictions, grouped_scored, grouped_labels = evaluate(True)
+    targets = processor.tokenizer.batch_decode(
+        np.where(grouped_scored < 0, 1, grouped_scored), skip_special_tokens=True
+    )
+    assert targets == column_values(rows, "target")  # scored against the right answers
+    np.testing.assert_array_equal(grouped_scored, plain_scored)
+    np.testing.assert_array_equal(grouped_labels, plain_labels)  # returned in dataset order too
+    assert grouped_predictions == plain_predictions
+    for key in ("test_anls", "test_exact_match"):
+        assert grouped_metrics[key] == plain_metrics[key], key
+
+    # dedup_vision in evaluation: one vision pass per image for generation and loss; same results.
+    dedup_metrics, dedup_predictions, dedup_scored, dedup_labels = evaluate(True, dedup_vision=True)
+    assert sum(images_seen) == 4  # 12 questions about 4 images, batches of 6: each image encoded once
+    assert dedup_predictions == grouped_predictions
+    np.testing.assert_array_equal(dedup_scored, grouped_scored)
+    np.testing.assert_array_equal(dedup_labels, grouped_labels)
+    assert abs(dedup_metrics["test_loss"] - grouped_metrics["test_loss"]) < 1e-5
