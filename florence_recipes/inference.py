@@ -1,0 +1,163 @@
+"""Inference with a fine-tuned Florence-2: load a checkpoint or LoRA adapter, generate, parse task outputs.
+
+Shared by `recipes/evaluate.py`, `recipes/predict.py` and `recipes/demo.py`, so that all three load and
+prompt a model exactly the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, ImageDraw
+from transformers import PreTrainedModel, ProcessorMixin
+from transformers.utils.peft_utils import find_adapter_config_file
+
+from florence_recipes.collator import to_rgb
+from florence_recipes.configs import ModelArguments
+from florence_recipes.errors import RecipeError, first_line
+from florence_recipes.modeling import load_model, load_processor
+from florence_recipes.tasks import DOCVQA_PROMPT
+
+logger = logging.getLogger(__name__)
+
+_BOX_COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324")
+
+
+def load_for_inference(model_args: ModelArguments) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Model (in eval mode) and processor from a checkpoint folder, a Hub id or a LoRA adapter folder.
+
+    An adapter (a folder or repo with `adapter_config.json`, as `training_mode: lora` saves it) is applied
+    to the base model its config names and merged, so generation runs at the plain model's speed.
+    """
+    source = model_args.model_name_or_path
+    try:
+        adapter_config = find_adapter_config_file(source, revision=model_args.model_revision)
+    except OSError as err:  # neither a local folder nor a valid Hub id
+        raise RecipeError(f"model_name_or_path={source}: {first_line(err)}") from None
+    if adapter_config is None:
+        model = load_model(model_args)
+        processor = load_processor(model_args)
+    else:
+        from peft import PeftModel
+
+        base = json.loads(Path(adapter_config).read_text(encoding="utf-8")).get("base_model_name_or_path")
+        if not base:
+            raise RecipeError(f"{adapter_config}: no base_model_name_or_path to apply the LoRA adapter to")
+        logger.info("%s is a LoRA adapter: applying it to %s", source, base)
+        base_args = dataclasses.replace(model_args, model_name_or_path=base, model_revision="main")
+        try:
+            model = load_model(base_args)
+        except RecipeError as err:
+            raise RecipeError(f"{adapter_config}: cannot load the base model it names ({err})") from None
+        model = PeftModel.from_pretrained(
+            model, source, revision=model_args.model_revision
+        ).merge_and_unload()
+        try:  # the recipes save the processor next to the adapter; an adapter saved by hand may lack it
+            processor = load_processor(model_args)
+        except RecipeError:
+            processor = load_processor(base_args)
+    model.eval()
+    return model, processor
+
+
+def build_prompt(task: str, text: str | None) -> str:
+    """Prompt for a task token plus optional text: `<DocVQA>` + question, `<OCR>`, `<OD>`, ..."""
+    return task + (text or "").strip()
+
+
+@torch.inference_mode()
+def generate_ids(
+    model: PreTrainedModel,
+    batch: dict[str, torch.Tensor],
+    max_new_tokens: int | None = None,
+    num_beams: int | None = None,
+) -> torch.Tensor:
+    """Generated token ids for a processor batch (labels, if any, are ignored)."""
+    kwargs: dict[str, Any] = {}
+    if max_new_tokens is not None:
+        kwargs["max_new_tokens"] = max_new_tokens
+    if num_beams is not None:
+        kwargs["num_beams"] = num_beams
+    return model.generate(
+        input_ids=batch["input_ids"].to(model.device),
+        attention_mask=batch["attention_mask"].to(model.device),
+        pixel_values=batch["pixel_values"].to(model.device, model.dtype),
+        **kwargs,
+    )
+
+
+def decode_answers(processor: ProcessorMixin, ids: torch.Tensor) -> list[str]:
+    """Plain-text answers, decoded as `GenerationMetrics` does so that scores match the training eval."""
+    return [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
+
+
+def parse_outputs(
+    processor: ProcessorMixin, ids: torch.Tensor, task: str, image_sizes: Sequence[tuple[int, int]]
+) -> list[str | dict[str, Any]]:
+    """Answers parsed with the processor's `post_process_generation`: text, or boxes/labels for region tasks.
+
+    `<loc_i>` are ordinary tokens in Florence-2's tokenizer, so the ids are decoded with special tokens kept
+    (the parser strips `<s>`/`</s>`); only the batch padding is dropped first.
+    """
+    pad_id = processor.tokenizer.pad_token_id
+    outputs: list[str | dict[str, Any]] = []
+    for sequence, size in zip(ids.tolist(), image_sizes, strict=True):
+        text = processor.decode([i for i in sequence if i != pad_id], skip_special_tokens=False)
+        outputs.append(processor.post_process_generation(text, task=task, image_size=size)[task])
+    return outputs
+
+
+def answer(
+    model: PreTrainedModel,
+    processor: ProcessorMixin,
+    images: Sequence[Image.Image],
+    task: str = DOCVQA_PROMPT,
+    text: str | None = None,
+    max_new_tokens: int | None = None,
+    num_beams: int | None = None,
+) -> list[str | dict[str, Any]]:
+    """One batched generation: the same prompt (`task` + `text`) for every image, parsed per task."""
+    images = [to_rgb(image) for image in images]
+    prompt = build_prompt(task, text)
+    try:
+        batch = processor(text=[prompt] * len(images), images=images, return_tensors="pt", padding="longest")
+    except ValueError as err:  # e.g. text after a task token that takes none (`<OCR>what?`)
+        raise RecipeError(f"prompt {prompt!r}: {err}") from None
+    ids = generate_ids(model, batch, max_new_tokens=max_new_tokens, num_beams=num_beams)
+    return parse_outputs(processor, ids, task, [image.size for image in images])
+
+
+def draw_regions(image: Image.Image, parsed: dict[str, Any]) -> Image.Image:
+    """A copy of `image` with the boxes / quadrilaterals / polygons of a parsed region-task output drawn."""
+    canvas = to_rgb(image).copy()
+    draw = ImageDraw.Draw(canvas)
+    width = max(2, round(max(canvas.size) / 250))
+    for kind in ("bboxes", "quad_boxes", "polygons"):
+        labels = parsed.get(f"{kind}_labels", parsed.get("labels", []))
+        for index, shape in enumerate(parsed.get(kind, [])):
+            color = _BOX_COLORS[index % len(_BOX_COLORS)]
+            label = labels[index] if index < len(labels) else ""
+            if kind == "bboxes":
+                x0, y0, x1, y1 = shape
+                # An undertrained model can emit the corners in either order; PIL wants them sorted.
+                anchor = (min(x0, x1), min(y0, y1))
+                draw.rectangle((*anchor, max(x0, x1), max(y0, y1)), outline=color, width=width)
+            else:
+                # A segmentation instance is a list of polygons; a quad box is one flat polygon.
+                polygons = [p for p in (shape if kind == "polygons" else [shape]) if len(p) >= 6]
+                if not polygons:
+                    continue
+                for polygon in polygons:
+                    draw.polygon(polygon, outline=color, width=width)
+                anchor = (polygons[0][0], polygons[0][1])
+            if label:
+                left, top, right, bottom = draw.textbbox(anchor, label)
+                draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=color)
+                draw.text(anchor, label, fill="white")
+    return canvas
