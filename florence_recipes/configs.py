@@ -9,17 +9,25 @@ flag overrides them — is a few lines on top of it.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
+from accelerate.utils import parse_flag_from_env
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments
+from transformers.training_args import ParallelMode
+
+from florence_recipes.tasks import MULTI_IMAGE_POLICIES, NO_IMAGE_POLICIES
+from florence_recipes.validation import BAD_SAMPLE_POLICIES
 
 TRAINING_MODES = ("full", "frozen_vision", "lora")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 TORCH_DTYPES = ("auto", "float32", "bfloat16", "float16")
+MIXTURE_STOPPING_STRATEGIES = ("first_exhausted", "all_exhausted")
+FEATURE_CACHE_STORAGES = ("none", "memory", "disk")
 
 
 @dataclass
@@ -85,6 +93,13 @@ class ModelArguments:
             "help": "Never needed for native Florence-2 checkpoints; only for custom code you have reviewed."
         },
     )
+    allow_pickled_weights: bool = field(
+        default=False,
+        metadata={
+            "help": "Also load PyTorch .bin weights (unpickled, which can run code) when a checkpoint has no "
+            ".safetensors; only for checkpoints you trust."
+        },
+    )
 
     def __post_init__(self) -> None:
         _check_choice("torch_dtype", self.torch_dtype, TORCH_DTYPES)
@@ -129,7 +144,8 @@ class DataArguments:
     dataset_name: str = field(
         default="HuggingFaceM4/DocumentVQA",
         metadata={
-            "help": "Hub dataset id or local folder in the same layout, loaded with `datasets.load_dataset`."
+            "help": "Hub dataset id or local folder in the same layout, loaded with `datasets.load_dataset`; or "
+            "your own .jsonl / .parquet file, or a folder of {split}.jsonl / {split}.parquet or imagefolder."
         },
     )
     dataset_config: str | None = field(
@@ -159,8 +175,68 @@ class DataArguments:
             "random Florence-2 and the synthetic DocVQA there first (no Hub access needed)."
         },
     )
+    dataset_mixture: list[dict[str, Any]] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Train on several sources instead of task/dataset_name/dataset_config: a YAML list of "
+            "{dataset, config, split, eval_split, weight or fraction, columns, task, name} (see "
+            "recipes/cauldron/mixture.yaml); on the command line, the same list as JSON."
+        },
+    )
+    mixture_stopping_strategy: str = field(
+        default="first_exhausted",
+        metadata={
+            "help": "With mixture weights: stop when a source runs out (first_exhausted, nothing repeats) or "
+            "when all did (all_exhausted, smaller sources repeat).",
+            "choices": MIXTURE_STOPPING_STRATEGIES,
+        },
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Stream the datasets instead of downloading them first (needs max_steps; splits may only "
+            "be row ranges such as train[1000:]; the eval split is read into memory)."
+        },
+    )
+    no_image_policy: str = field(
+        default="skip",
+        metadata={
+            "help": "Rows without an image (the Cauldron has some): skip them, or use a blank white image.",
+            "choices": NO_IMAGE_POLICIES,
+        },
+    )
+    multi_image_policy: str = field(
+        default="skip",
+        metadata={
+            "help": "Rows with several images (Florence-2 takes one): skip them, keep the first, or concat "
+            "them side by side.",
+            "choices": MULTI_IMAGE_POLICIES,
+        },
+    )
+    on_bad_sample: str = field(
+        default="raise",
+        metadata={
+            "help": "Samples that cannot be used (corrupt/missing/oversized image, empty question, missing or "
+            "non-text answers), found before training: raise stops at the first with its id and source; skip "
+            "drops them and reports counts per reason (logs and all_results.json: <split>_bad_samples_<reason>).",
+            "choices": BAD_SAMPLE_POLICIES,
+        },
+    )
 
     def __post_init__(self) -> None:
+        if isinstance(self.dataset_mixture, str):  # from the command line; a YAML file gives the list itself
+            try:
+                self.dataset_mixture = yaml.safe_load(self.dataset_mixture)
+            except yaml.YAMLError as err:
+                raise ValueError(
+                    f"dataset_mixture: not valid JSON/YAML ({str(err).splitlines()[0]})"
+                ) from None
+        _check_choice(
+            "mixture_stopping_strategy", self.mixture_stopping_strategy, MIXTURE_STOPPING_STRATEGIES
+        )
+        _check_choice("no_image_policy", self.no_image_policy, NO_IMAGE_POLICIES)
+        _check_choice("multi_image_policy", self.multi_image_policy, MULTI_IMAGE_POLICIES)
+        _check_choice("on_bad_sample", self.on_bad_sample, BAD_SAMPLE_POLICIES)
         for name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -198,12 +274,118 @@ class FlorenceTrainingArguments(Seq2SeqTrainingArguments):
     hub_private_repo: bool | None = field(
         default=True, metadata={"help": "Create the Hub repository as private (set false to publish openly)."}
     )
+    nonfinite_loss_patience: int = field(
+        default=3,
+        metadata={
+            "help": "Optimizer steps in a row with a NaN/inf training loss that are skipped (never applied) before "
+            "the run stops with the step number, keeping the last good checkpoint; 0 stops at the first."
+        },
+    )
+    group_by_image: bool = field(
+        default=False,
+        metadata={
+            "help": "Training order that puts the questions about one image (`image_id`) in the same batch, "
+            "images shuffled every epoch; pairs with dedup_vision."
+        },
+    )
+    dedup_vision: bool = field(
+        default=False,
+        metadata={
+            "help": "Run the vision tower once per unique image of a batch (training and evaluation) and share "
+            "its features between that image's questions (same loss and predictions, less compute)."
+        },
+    )
+    feature_cache: str = field(
+        default="none",
+        metadata={
+            "help": "Frozen vision tower only (frozen_vision, lora): compute each training image's features "
+            "once and reuse them every epoch. memory: in RAM; disk: memory-mapped file in feature_cache_dir, "
+            "reused by later runs while model, image size, dtype and data are unchanged.",
+            "choices": FEATURE_CACHE_STORAGES,
+        },
+    )
+    feature_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder of the feature_cache=disk file (default: <output_dir>/feature_cache)."},
+    )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={
+            "help": "DDP: search every step for parameters without a gradient. Off: every trainable Florence-2 "
+            "parameter gets one in the full, frozen_vision and lora modes, so the search only costs time."
+        },
+    )
+    group_eval_by_length: bool = field(
+        default=True,
+        metadata={
+            "help": "Batch evaluation prompts of similar length (less padding in batched generation), the "
+            "questions about one image together (for dedup_vision); scored and returned in dataset order."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.dataloader_num_workers == 0:
             # Persistent workers need workers; 0 means the main process loads the data.
             self.dataloader_persistent_workers = False
+        if self.nonfinite_loss_patience < 0:
+            raise ValueError(f"nonfinite_loss_patience must be >= 0, got {self.nonfinite_loss_patience}")
+        # Checked before the parent's __post_init__, whose own messages are a device error (bf16 on CPU) or a
+        # traceback from inside the DeepSpeed integration.
+        if self.bf16 and self.fp16:
+            raise ValueError(
+                "bf16 and fp16 are both true: choose one mixed precision (bf16 where the GPU has it)"
+            )
+        uses_deepspeed = self.deepspeed or parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
+        if uses_deepspeed and importlib.util.find_spec("deepspeed") is None:
+            source = f"--deepspeed {self.deepspeed}" if self.deepspeed else "the accelerate DeepSpeed config"
+            raise ValueError(f"{source} needs DeepSpeed, which is not installed: pip install -e .[deepspeed]")
+        if uses_deepspeed and (self.use_cpu or parse_flag_from_env("ACCELERATE_USE_CPU")):
+            # transformers' CPU path builds plain DDP and silently ignores the DeepSpeed config.
+            raise ValueError(
+                "use_cpu drops the DeepSpeed config (plain DDP would run); to run DeepSpeed on CPU, drop "
+                "use_cpu and set --ddp_backend gloo"
+            )
+        _check_choice("feature_cache", self.feature_cache, FEATURE_CACHE_STORAGES)
         super().__post_init__()
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > 1 and (self.world_size != launched or self.parallel_mode != ParallelMode.DISTRIBUTED):
+            # E.g. no GPU and no use_cpu: accelerate finds no backend, so it neither shards the data nor wraps
+            # the model, and each process would silently train its own copy into the same output_dir.
+            raise ValueError(
+                f"the launcher started {launched} processes but they do not train together "
+                f"(world size {self.world_size}); without a GPU add --use_cpu true (DDP over gloo), or "
+                "--ddp_backend gloo with a DeepSpeed config"
+            )
+        if self.group_eval_by_length and self.batch_eval_metrics:
+            raise ValueError(
+                "group_eval_by_length needs batch_eval_metrics=false (metrics need the whole set)"
+            )
+        if self.feature_cache == "disk" and self.feature_cache_dir is None:
+            self.feature_cache_dir = str(Path(self.output_dir) / "feature_cache")
+
+    # Seq2SeqTrainingArguments' dataclass-generated __repr__ prints the Hub token; TrainingArguments.__str__
+    # (what logs use) redacts it, so repr (debuggers, tracebacks, `%r`) does the same.
+    __repr__ = Seq2SeqTrainingArguments.__str__
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The Trainer pickles its arguments into training_args.bin in every checkpoint and pushed folder:
+        # leave the Hub token out (the live object keeps it for pushing), as `to_dict()` does for the logs.
+        state = self.__dict__.copy()
+        state.update({name: None for name in state if name.endswith("_token")})
+        return state
+
+
+def check_precision(model_args: ModelArguments, training_args: FlorenceTrainingArguments) -> None:
+    """Refuse mixed-precision flags that contradict the dtype the weights are loaded in."""
+    if training_args.fp16 and model_args.torch_dtype in ("bfloat16", "float16"):
+        raise ValueError(
+            f"fp16 with torch_dtype={model_args.torch_dtype}: fp16 mixed precision needs float32 weights for "
+            "its gradient scaler; use torch_dtype=float32, or bf16 with torch_dtype=bfloat16"
+        )
+    if training_args.bf16 and model_args.torch_dtype == "float16":
+        raise ValueError(
+            "bf16 with torch_dtype=float16: load the weights in float32 (mixed precision) or bfloat16"
+        )
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -274,4 +456,9 @@ def parse_recipe_args(
     args: list[str] | None = None,
 ) -> tuple[ModelArguments, DataArguments, FlorenceTrainingArguments]:
     parser = RecipeArgumentParser((ModelArguments, DataArguments, FlorenceTrainingArguments))
-    return parser.parse(args)
+    model_args, data_args, training_args = parser.parse(args)
+    try:
+        check_precision(model_args, training_args)
+    except ValueError as err:
+        parser.error(str(err))
+    return model_args, data_args, training_args

@@ -1,27 +1,59 @@
-"""Task registry and dataset loading: every dataset becomes the same standard rows.
+"""Dataset loading: every source becomes the same standard rows.
 
-A *task* says how one row of a source dataset becomes training examples — (image, prompt, target, gold
-answers) — and which metrics score it. `load_task_split` runs the real `datasets.load_dataset(name_or_path)`
-and maps rows to `STANDARD_FEATURES`, so one collator, one trainer and one `compute_metrics` serve DocVQA,
-Cauldron subsets and user data alike. Adding a task = writing one `convert_batch` function and registering it.
+A source is a Hub dataset (DocVQA, a Cauldron subset, ...), a local folder in a Hub layout or imagefolder
+layout (`metadata.jsonl`), or your own `.jsonl` / `.json` / `.parquet` file (or a folder holding
+`{split}.jsonl` / `{split}.parquet`, with image paths relative to it). Each is read with the real
+`datasets.load_dataset` and converted by its task (`florence_recipes.tasks`) to `STANDARD_FEATURES`, so one
+collator, one trainer and one `compute_metrics` serve them all.
+
+Per source (`load_task_split`): read the split -> rename `columns` -> check the task's columns -> resolve
+local image paths -> cap the rows -> convert with the task (`datasets.map`, images undecoded) -> images
+decode lazily in DataLoader workers. A run's sources (`data_sources`: one dataset, or a `dataset_mixture`)
+are then concatenated or interleaved by weight (`mix_datasets`), streamed or not.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import re
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import datasets
 from datasets import Dataset, Features, Image, IterableDataset, Value
 from datasets import Sequence as SequenceFeature
+from datasets.exceptions import DatasetGenerationError
 
-from florence_recipes.errors import RecipeError
+from florence_recipes.errors import RecipeError, first_line
+from florence_recipes.tasks import STANDARD_COLUMNS, TASKS, SourceContext, Task, get_task, register_task
+
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
+
+    from florence_recipes.configs import DataArguments
+
+__all__ = [
+    "MIXTURE_KEYS",
+    "STANDARD_COLUMNS",
+    "STANDARD_FEATURES",
+    "TASKS",
+    "DataSource",
+    "Task",
+    "column_values",
+    "data_sources",
+    "get_task",
+    "load_eval_dataset",
+    "load_task_split",
+    "load_train_dataset",
+    "mix_datasets",
+    "register_task",
+]
 
 logger = logging.getLogger(__name__)
 
-STANDARD_COLUMNS = ("id", "image", "image_id", "prompt", "target", "answers", "tags", "source")
 # Images stay undecoded through `map` (no decode/re-encode); they are decoded lazily in DataLoader workers.
 _UNDECODED_FEATURES = Features(
     {
@@ -38,74 +70,163 @@ _UNDECODED_FEATURES = Features(
 STANDARD_FEATURES = _UNDECODED_FEATURES.copy()
 STANDARD_FEATURES["image"] = Image()
 
-ConvertBatch = Callable[[dict[str, list[Any]]], dict[str, list[Any]]]
+_LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+# What a streamed split may be: a whole split or a row range (a stream has no length, so no percentages).
+_STREAMED_SPLIT = re.compile(r"(?P<base>[^\[\]:]+)(?:\[(?P<start>\d*):(?P<stop>\d*)\])?")
+STREAMING_SHUFFLE_BUFFER = 1_000  # examples held by the streamed train set's shuffle buffer
+MIXTURE_KEYS = ("dataset", "config", "split", "eval_split", "weight", "fraction", "columns", "task", "name")
+# Mixture-wide eval metrics, defined for any text; each source also gets its own (eval_<source>_<metric>).
+MIXTURE_METRICS = ("exact_match", "levenshtein")
 
 
-@dataclass(frozen=True)
-class Task:
-    """How rows of one kind of dataset become standard examples, and how predictions are scored."""
-
-    name: str
-    description: str
-    default_dataset: str
-    image_column: str
-    required_columns: tuple[str, ...]
-    convert_batch: ConvertBatch  # batched: source columns -> STANDARD_COLUMNS (may change the row count)
-    metrics: tuple[str, ...]  # names in `florence_recipes.metrics.ITEM_METRICS`; the first is the headline
-    example_prompt: str  # shown in the model card's usage snippet
+# --- one source -----------------------------------------------------------------------------------------
 
 
-TASKS: dict[str, Task] = {}
+def _base_split(split: str) -> str:
+    return split.split("[", 1)[0].strip()
 
 
-def register_task(task: Task) -> Task:
-    if task.name in TASKS:
-        raise ValueError(f"task {task.name!r} is already registered")
-    TASKS[task.name] = task
-    return task
+def _streamed_split(split: str) -> tuple[str, int, int | None]:
+    """`train[100:600]` -> ("train", 100, 600), for `skip`/`take` on a stream."""
+    match = _STREAMED_SPLIT.fullmatch(split.strip())
+    start = int(match["start"] or 0) if match else 0
+    stop = int(match["stop"]) if match and match["stop"] else None
+    if match is None or (stop is not None and stop <= start):
+        raise RecipeError(
+            f"split {split!r}: a streamed split has no length; use a whole split or a row range such as "
+            "train[:1000] or train[1000:] (no percentages)"
+        )
+    return match["base"].strip(), start, stop
 
 
-def get_task(name: str) -> Task:
-    if name not in TASKS:
-        raise RecipeError(f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))}")
-    return TASKS[name]
+def _local_data_file(dataset_name: str, split: str) -> Path | None:
+    """Your own file for `split`: `dataset_name` itself, or `{dataset_name}/{split}.jsonl|.json|.parquet`."""
+    path = Path(dataset_name).expanduser()
+    if path.is_file():
+        if path.suffix not in _LOCAL_BUILDERS:
+            raise RecipeError(f"{path}: unsupported file type; use {', '.join(_LOCAL_BUILDERS)}")
+        return path
+    if path.is_dir():
+        for suffix in _LOCAL_BUILDERS:
+            candidate = path / f"{_base_split(split)}{suffix}"
+            if candidate.is_file():
+                return candidate
+    return None
 
 
-# --- DocVQA ---------------------------------------------------------------------------------------------
+def _read_split(
+    dataset_name: str, config: str | None, split: str, streaming: bool
+) -> tuple[Dataset | IterableDataset, Path | None]:
+    """The raw rows of `split`, and the folder of a local data file (its relative image paths start there)."""
+    base, start, stop = _streamed_split(split) if streaming else (split, 0, None)
+    local = _local_data_file(dataset_name, split)
+    try:
+        if local is not None:
+            # Read into Arrow even when streaming (`_standard_rows` turns it into a stream after resolving image
+            # paths): a local file gains nothing from streaming, and a streamed JSON file has no known columns.
+            data_files = {_base_split(split): str(local)}  # a single file serves any split name
+            raw = datasets.load_dataset(_LOCAL_BUILDERS[local.suffix], data_files=data_files, split=split)
+            return raw, local.parent
+        raw = datasets.load_dataset(dataset_name, config, split=base, streaming=streaming)
+    except (FileNotFoundError, ConnectionError, ValueError, DatasetGenerationError) as err:
+        # Unknown Hub id or subset, missing path, unknown split, unparsable file: one line, not a traceback.
+        cause = err.__cause__ if isinstance(err, DatasetGenerationError) and err.__cause__ else err
+        reason = first_line(cause).rstrip(".")
+        elsewhere = "" if Path(dataset_name).expanduser().exists() else "; it is not a local path either"
+        raise RecipeError(
+            f"cannot load dataset {dataset_name!r} (config {config}, split {split!r}): {reason}{elsewhere}"
+        ) from None
+    if start:
+        raw = raw.skip(start)
+    if stop is not None:
+        raw = raw.take(stop - start)
+    return raw, None
 
-DOCVQA_PROMPT = "<DocVQA>"  # the prompt prefix of the released DocVQA fine-tune and of the blog recipe
+
+def _rename_columns(
+    raw: Dataset | IterableDataset, columns: Mapping[str, str], where: str
+) -> Dataset | IterableDataset:
+    """Apply a mixture entry's `columns: {task column: dataset column}`."""
+    present = raw.column_names or []
+    absent = [source for source in columns.values() if source not in present]
+    if absent:
+        raise RecipeError(
+            f"{where}: `columns` names {', '.join(absent)}, not in the dataset; found: {', '.join(present)}"
+        )
+    # A column already named like a rename target is replaced by the renamed one.
+    shadowed = [target for target in columns if target in present and target not in columns.values()]
+    return raw.remove_columns(shadowed).rename_columns(
+        {source: target for target, source in columns.items() if source != target}
+    )
 
 
-def _convert_docvqa(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-    answers = [list(a or []) for a in batch["answers"]]
+def _check_columns(raw: Dataset | IterableDataset, task: Task, where: str) -> None:
+    present = set(raw.column_names or [])
+    missing = [
+        " or ".join(required) if isinstance(required, tuple) else required
+        for required in task.required_columns
+        if not present.intersection(required if isinstance(required, tuple) else (required,))
+    ]
+    if missing:
+        raise RecipeError(
+            f"{where}: missing column(s) {', '.join(missing)} needed by task {task.name!r}; "
+            f"found: {', '.join(sorted(present))}"
+        )
+
+
+def _absolute_paths(batch: dict[str, list[Any]], column: str, folder: str) -> dict[str, list[Any]]:
     return {
-        "id": [str(q) for q in batch["questionId"]],
-        "image": batch["image"],
-        "image_id": [str(d) for d in batch["docId"]],
-        "prompt": [DOCVQA_PROMPT + q.strip() for q in batch["question"]],
-        # Train on the first gold answer (as the blog); score against all of them.
-        "target": [a[0] if a else "" for a in answers],
-        "answers": answers,
-        "tags": [list(t or []) for t in batch.get("question_types", [[]] * len(answers))],
-        "source": ["docvqa"] * len(answers),
+        column: [
+            str(Path(folder, value).expanduser()) if isinstance(value, str) and "://" not in value else value
+            for value in batch[column]
+        ]
     }
 
 
-register_task(
-    Task(
-        name="docvqa",
-        description="DocVQA: questions about scanned documents, scored with ANLS.",
-        default_dataset="HuggingFaceM4/DocumentVQA",
-        image_column="image",
-        required_columns=("questionId", "question", "image", "docId", "answers"),
-        convert_batch=_convert_docvqa,
-        metrics=("anls", "levenshtein", "exact_match"),
-        example_prompt=DOCVQA_PROMPT + "What is the total amount?",
-    )
-)
-
-
-# --- loading --------------------------------------------------------------------------------------------
+def _standard_rows(
+    task: Task,
+    dataset_name: str,
+    split: str,
+    context: SourceContext,
+    config: str | None = None,
+    max_samples: int | None = None,
+    num_proc: int | None = None,
+    streaming: bool = False,
+    columns: Mapping[str, str] | None = None,
+) -> Dataset | IterableDataset:
+    """Standard rows with undecoded images (`_UNDECODED_FEATURES`)."""
+    raw, local_folder = _read_split(dataset_name, config, split, streaming)
+    where = f"{dataset_name}{f' [{config}]' if config else ''} ({split})"
+    if columns:
+        raw = _rename_columns(raw, columns, where)
+    _check_columns(raw, task, where)
+    if local_folder is not None and not isinstance(raw.features.get(task.image_column), Image):
+        # JSON lines name images by path, relative to the file's folder rather than the working directory.
+        raw = raw.map(
+            _absolute_paths,
+            batched=True,
+            fn_kwargs={"column": task.image_column, "folder": str(local_folder)},
+            desc="Resolving image paths",
+        )
+    if streaming and isinstance(raw, Dataset):
+        raw = raw.to_iterable_dataset()  # a local file, read into Arrow, joins the streamed sources
+    if max_samples is not None:
+        raw = raw.take(max_samples) if streaming else raw.select(range(min(max_samples, len(raw))))
+    raw = raw.cast_column(task.image_column, task.image_feature)
+    if task.describe_rows is not None and not streaming:
+        logger.info(task.describe_rows(raw, context))
+    convert: dict[str, Any] = {
+        "function": task.convert_batch,
+        "batched": True,
+        "with_indices": True,
+        "fn_kwargs": {"context": context},
+        "remove_columns": raw.column_names,
+    }
+    if streaming:
+        # Typed after the map rather than by it: a stream typed by `map(features=...)` ignores later casts, so
+        # its images would never decode (datasets 5.2).
+        return raw.map(**convert).cast(_UNDECODED_FEATURES)
+    return raw.map(**convert, features=_UNDECODED_FEATURES, num_proc=num_proc, desc=f"Standardising {where}")
 
 
 def load_task_split(
@@ -116,29 +237,245 @@ def load_task_split(
     max_samples: int | None = None,
     num_proc: int | None = None,
     streaming: bool = False,
+    *,
+    columns: Mapping[str, str] | None = None,
+    source: str | None = None,
+    no_image_policy: str = "skip",
+    multi_image_policy: str = "skip",
 ) -> Dataset | IterableDataset:
-    """Load `split` of `dataset_name` with `datasets.load_dataset` and convert it to standard rows."""
-    raw = datasets.load_dataset(dataset_name, dataset_config, split=split, streaming=streaming)
-    missing = [c for c in task.required_columns if c not in (raw.column_names or [])]
-    if missing:
-        raise RecipeError(
-            f"{dataset_name} ({split}): missing column(s) {', '.join(missing)} needed by task {task.name!r}; "
-            f"found: {', '.join(raw.column_names or [])}"
-        )
-    if max_samples is not None:
-        raw = raw.take(max_samples) if streaming else raw.select(range(min(max_samples, len(raw))))
-    raw = raw.cast_column(task.image_column, Image(decode=False))
-    kwargs: dict[str, Any] = {} if streaming else {"num_proc": num_proc, "desc": f"Standardising {split}"}
-    converted = raw.map(
-        task.convert_batch,
-        batched=True,
-        remove_columns=raw.column_names,
-        features=_UNDECODED_FEATURES,
-        **kwargs,
+    """Load `split` of `dataset_name` and convert it to standard rows (images decode when read).
+
+    `split` may use `datasets`' slicing (`train[:95%]`); streamed, only row ranges (`train[:500]`).
+    `max_samples` caps the source rows, before conversion. `source` labels the rows (default: the subset for
+    the Cauldron, else the task name); the image policies apply to rows with no or several images.
+    """
+    context = SourceContext(
+        name=source or task.source_name(dataset_config),
+        split=split,
+        no_image_policy=no_image_policy,
+        multi_image_policy=multi_image_policy,
     )
-    return converted.cast_column("image", Image())
+    rows = _standard_rows(
+        task, dataset_name, split, context, dataset_config, max_samples, num_proc, streaming, columns
+    )
+    return rows.cast_column("image", Image())
 
 
 def column_values(dataset: Dataset, column: str) -> list[Any]:
     """One column in dataset order, read without decoding images (e.g. gold answers for scoring)."""
     return list(dataset.select_columns([column])[column])
+
+
+# --- a run's sources: one dataset or a mixture ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One dataset feeding a run: a `dataset_mixture` entry, or `task` + `dataset_name` + `dataset_config`."""
+
+    task: Task
+    dataset: str
+    config: str | None
+    split: str
+    eval_split: str
+    name: str  # the `source` label; per-source metrics are eval_<name>_<metric>
+    weight: float | None = None  # sampling weight when interleaving; None: concatenate
+    fraction: float = 1.0  # share of the source's examples used (a seeded random subset)
+    columns: Mapping[str, str] | None = None  # {task column: dataset column}
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return self.task.metrics_for(self.config)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _parse_entry(index: int, entry: Any, data_args: DataArguments) -> DataSource:
+    where = f"dataset_mixture[{index}]"
+    if not isinstance(entry, dict):
+        raise RecipeError(
+            f"{where}: expected a mapping such as {{dataset: ..., task: ..., weight: ...}}, got {entry!r}"
+        )
+    unknown = sorted(set(entry) - set(MIXTURE_KEYS))
+    if unknown:
+        raise RecipeError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(MIXTURE_KEYS)}"
+        )
+    try:
+        task = get_task(entry.get("task", data_args.task))
+    except RecipeError as err:
+        raise RecipeError(f"{where}: {err}") from None
+    dataset = entry.get("dataset", task.default_dataset)
+    config = entry.get("config")
+    if not isinstance(dataset, str) or not dataset:
+        raise RecipeError(f"{where}: `dataset` (a Hub id or a local path) is required for task {task.name!r}")
+    where = f"{where} ({dataset}{f', {config}' if config else ''})"
+    for key in ("config", "split", "eval_split", "name"):
+        if key in entry and not (isinstance(entry[key], str) and entry[key]):
+            raise RecipeError(f"{where}: `{key}` must be a non-empty string, got {entry[key]!r}")
+    weight, fraction, columns = entry.get("weight"), entry.get("fraction", 1.0), entry.get("columns")
+    if weight is not None and not (_is_number(weight) and weight > 0):
+        raise RecipeError(f"{where}: `weight` must be a number > 0, got {weight!r}")
+    if not (_is_number(fraction) and 0 < fraction <= 1):
+        raise RecipeError(f"{where}: `fraction` must be a number in (0, 1], got {fraction!r}")
+    if columns is not None and not (
+        isinstance(columns, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in columns.items())
+    ):
+        raise RecipeError(
+            f"{where}: `columns` must map the task's column names to the dataset's, e.g. "
+            f"{{question: query}}; got {columns!r}"
+        )
+    try:
+        task.metrics_for(config)  # an unknown or missing Cauldron subset fails here, before any download
+    except RecipeError as err:
+        raise RecipeError(f"{where}: {err}") from None
+    return DataSource(
+        task=task,
+        dataset=dataset,
+        config=config,
+        split=entry.get("split", data_args.train_split),
+        eval_split=entry.get("eval_split", data_args.eval_split),
+        name=entry.get("name", task.source_name(config)),
+        weight=None if weight is None else float(weight),
+        fraction=float(fraction),
+        columns=columns,
+    )
+
+
+def _parse_mixture(data_args: DataArguments) -> list[DataSource]:
+    entries = data_args.dataset_mixture
+    if not isinstance(entries, list) or not entries:
+        raise RecipeError(
+            "dataset_mixture: expected a non-empty list of {dataset, config, split, weight or fraction, "
+            f"columns, task}} entries, got {entries!r}"
+        )
+    sources = [_parse_entry(index, entry, data_args) for index, entry in enumerate(entries)]
+    weighted = [str(i) for i, source in enumerate(sources) if source.weight is not None]
+    if weighted and len(weighted) != len(sources):
+        raise RecipeError(
+            f"dataset_mixture: give `weight` to every entry or to none (only entries {', '.join(weighted)} "
+            "have one); `fraction` subsamples a single source"
+        )
+    for name, count in Counter(source.name for source in sources).items():
+        if count > 1:
+            raise RecipeError(
+                f"dataset_mixture: {count} entries are named {name!r}; give them distinct `name`s "
+                "(per-source metrics are reported as eval_<name>_<metric>)"
+            )
+    return sources
+
+
+def _check_streaming(
+    sources: list[DataSource], data_args: DataArguments, training_args: TrainingArguments
+) -> None:
+    if training_args.do_train and training_args.max_steps <= 0:
+        raise RecipeError(
+            "streaming: true needs max_steps > 0: a streamed dataset has no length, so the Trainer cannot count epochs"
+        )
+    for source in sources:
+        if source.fraction < 1:
+            raise RecipeError(
+                f"{source.name}: `fraction` needs the source's length, which a stream lacks; use a row range "
+                "in `split` instead, e.g. train[:5000]"
+            )
+        _streamed_split(source.split)
+        _, _, stop = _streamed_split(source.eval_split)
+        if training_args.do_eval and stop is None and data_args.max_eval_samples is None:
+            raise RecipeError(
+                f"{source.name}: streamed eval split {source.eval_split!r} has no end; set max_eval_samples "
+                "or a row range such as train[:500]"
+            )
+
+
+def data_sources(data_args: DataArguments, training_args: TrainingArguments) -> list[DataSource]:
+    """The run's sources, checked before anything is downloaded: task names, mixture entries, Cauldron
+    subsets and streaming options fail here with one line naming the entry or option."""
+    if data_args.dataset_mixture is None:
+        task = get_task(data_args.task)
+        task.metrics_for(data_args.dataset_config)
+        sources = [
+            DataSource(
+                task=task,
+                dataset=data_args.dataset_name,
+                config=data_args.dataset_config,
+                split=data_args.train_split,
+                eval_split=data_args.eval_split,
+                name=task.source_name(data_args.dataset_config),
+            )
+        ]
+    else:
+        sources = _parse_mixture(data_args)
+    if data_args.streaming:
+        _check_streaming(sources, data_args, training_args)
+    return sources
+
+
+def _load_source(
+    source: DataSource, split: str, max_samples: int | None, data_args: DataArguments
+) -> Dataset | IterableDataset:
+    context = SourceContext(source.name, split, data_args.no_image_policy, data_args.multi_image_policy)
+    return _standard_rows(
+        source.task,
+        source.dataset,
+        split,
+        context,
+        config=source.config,
+        max_samples=max_samples,
+        num_proc=data_args.preprocessing_num_workers,
+        streaming=data_args.streaming,
+        columns=source.columns,
+    )
+
+
+def mix_datasets(
+    parts: list[Dataset] | list[IterableDataset],
+    weights: list[float] | None = None,
+    seed: int = 0,
+    stopping_strategy: str = "first_exhausted",
+) -> Dataset | IterableDataset:
+    """Concatenate `parts`, or with `weights` interleave them: each example comes from part i with
+    probability weights[i] / sum(weights), in an order fixed by `seed`. `first_exhausted` ends when a part
+    runs out (nothing repeats); `all_exhausted` goes on until every part was seen, repeating the others."""
+    if len(parts) == 1:
+        return parts[0]
+    if weights is None:
+        return datasets.concatenate_datasets(parts)
+    total = float(sum(weights))
+    return datasets.interleave_datasets(
+        parts, probabilities=[w / total for w in weights], seed=seed, stopping_strategy=stopping_strategy
+    )
+
+
+def load_train_dataset(
+    sources: list[DataSource], data_args: DataArguments, seed: int
+) -> Dataset | IterableDataset:
+    """The training examples of all sources, mixed (see `mix_datasets`); streamed if `data_args.streaming`."""
+    parts = []
+    for source in sources:
+        rows = _load_source(source, source.split, data_args.max_train_samples, data_args)
+        if source.fraction < 1:
+            rows = rows.shuffle(seed=seed).select(range(max(1, round(source.fraction * len(rows)))))
+        if not data_args.streaming:
+            logger.info("train source %s: %d examples", source.name, len(rows))
+        parts.append(rows)
+    weights = None if sources[0].weight is None else [source.weight for source in sources]
+    train = mix_datasets(parts, weights, seed, data_args.mixture_stopping_strategy)
+    if data_args.streaming:  # the Trainer shuffles map-style datasets only
+        train = train.shuffle(seed=seed, buffer_size=STREAMING_SHUFFLE_BUFFER)
+    return train.cast_column("image", Image())
+
+
+def load_eval_dataset(sources: list[DataSource], data_args: DataArguments) -> Dataset:
+    """The eval examples of all sources, concatenated in source order (never streamed: scoring needs a fixed
+    order and length; a streamed eval split, bounded by `data_sources`, is read into memory)."""
+    parts = []
+    for source in sources:
+        rows = _load_source(source, source.eval_split, data_args.max_eval_samples, data_args)
+        if isinstance(rows, IterableDataset):
+            rows = Dataset.from_list(list(rows), features=_UNDECODED_FEATURES)
+        logger.info("eval source %s: %d examples", source.name, len(rows))
+        parts.append(rows)
+    return mix_datasets(parts).cast_column("image", Image())

@@ -6,9 +6,10 @@ import logging
 
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
+from transformers.models.florence2.modeling_florence2 import Florence2DropPath
 
 from florence_recipes.configs import ModelArguments
-from florence_recipes.errors import RecipeError
+from florence_recipes.errors import RecipeError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -17,25 +18,40 @@ VISION_MODULES = ("vision_tower", "multi_modal_projector")
 
 
 def load_processor(model_args: ModelArguments) -> ProcessorMixin:
-    return AutoProcessor.from_pretrained(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        trust_remote_code=model_args.trust_remote_code,
-    )
+    try:
+        return AutoProcessor.from_pretrained(
+            model_args.model_name_or_path,
+            revision=model_args.model_revision,
+            trust_remote_code=model_args.trust_remote_code,
+        )
+    except OSError as err:  # no such folder or Hub repo, or no processor files in it
+        raise RecipeError(f"model_name_or_path={model_args.model_name_or_path}: {first_line(err)}") from None
 
 
 def load_model(model_args: ModelArguments) -> PreTrainedModel:
     dtype = (
         model_args.torch_dtype if model_args.torch_dtype == "auto" else getattr(torch, model_args.torch_dtype)
     )
-    model = AutoModelForImageTextToText.from_pretrained(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        dtype=dtype,
-        attn_implementation=model_args.attn_implementation,
-        trust_remote_code=model_args.trust_remote_code,
-        use_safetensors=True,  # never unpickle weights from a downloaded checkpoint
-    )
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(
+            model_args.model_name_or_path,
+            revision=model_args.model_revision,
+            dtype=dtype,
+            attn_implementation=model_args.attn_implementation,
+            trust_remote_code=model_args.trust_remote_code,
+            # Never unpickle weights unless asked; None = .safetensors if present, else .bin.
+            use_safetensors=None if model_args.allow_pickled_weights else True,
+        )
+    except OSError as err:  # no such folder or Hub repo, or no weights file that may be loaded
+        hint = ""
+        if "safetensors" in str(err) and not model_args.allow_pickled_weights:
+            hint = (
+                " (only .safetensors weights are loaded; set allow_pickled_weights: true for a .bin "
+                "checkpoint you trust)"
+            )
+        raise RecipeError(
+            f"model_name_or_path={model_args.model_name_or_path}: {first_line(err)}{hint}"
+        ) from None
     if model.config.model_type != "florence2":
         raise RecipeError(
             f"{model_args.model_name_or_path} is a {model.config.model_type!r} model, not a native Florence-2 "
@@ -71,6 +87,12 @@ def vision_parameters(model: PreTrainedModel) -> dict[str, torch.nn.Parameter]:
 
 def apply_training_mode(model: PreTrainedModel, model_args: ModelArguments) -> PreTrainedModel:
     """Freeze / wrap `model` for `model_args.training_mode`; returns the model to train."""
+    if model_args.training_mode in ("frozen_vision", "lora"):
+        # A frozen tower is a fixed feature extractor: without stochastic depth it gives the same features in
+        # train and eval mode, which is what lets `feature_cache` compute them once.
+        for module in model.model.vision_tower.modules():
+            if isinstance(module, Florence2DropPath):
+                module.drop_prob = 0.0
     if model_args.training_mode == "frozen_vision":
         for name in VISION_MODULES:
             getattr(model.model, name).requires_grad_(False)
@@ -98,5 +120,9 @@ def apply_training_mode(model: PreTrainedModel, model_args: ModelArguments) -> P
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
+    def numel(param: torch.nn.Parameter) -> int:
+        # A ZeRO-3 partitioned parameter is an empty placeholder; DeepSpeed keeps its full size in ds_numel.
+        return getattr(param, "ds_numel", param.numel())
+
+    trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
+    return trainable, sum(numel(p) for p in model.parameters())

@@ -344,3 +344,20 @@ def test_docvqa_images_are_pngs_of_the_requested_size(tmp_path: Path) -> None:
     )
     with PILImage.open(io.BytesIO(rows[0]["image"]["bytes"])) as image:
         assert image.format == "PNG" and image.size == (300, 400)
+
+
+def test_offline_fixtures_never_overwrite_a_users_folder(tmp_path: Path) -> None:
+    from florence_recipes.builders import build_offline_fixtures
+
+    model_dir, data_dir = tmp_path / "my-trained-model", tmp_path / "my-data"
+    for folder in (model_dir, data_dir):
+        folder.mkdir()
+        (folder / "config.json").write_text("mine")
+    build_offline_fixtures(str(model_dir), str(data_dir), "docvqa")
+    for folder in (model_dir, data_dir):
+        assert [p.name for p in folder.iterdir()] == ["config.json"]
+        assert (folder / "config.json").read_text() == "mine"
+    # A missing folder is built.
+    build_offline_fixtures(str(tmp_path / "new-model"), str(tmp_path / "new-data"), "docvqa")
+    assert (tmp_path / "new-model" / "model.safetensors").is_file()
+    assert (tmp_path / "new-data" / "data").is_dir()

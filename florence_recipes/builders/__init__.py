@@ -8,11 +8,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from florence_recipes.builders.datasets import write_synthetic_docvqa
-from florence_recipes.builders.model import build_random_florence2
+from florence_recipes.builders.datasets import (
+    write_synthetic_cauldron,
+    write_synthetic_detection,
+    write_synthetic_docvqa,
+    write_synthetic_vqa_jsonl,
+)
+from florence_recipes.builders.model import BUILD_MARKER, build_random_florence2
 from florence_recipes.errors import RecipeError
 
-DATASET_BUILDERS = {"docvqa": write_synthetic_docvqa}
+# Task name -> writer of a synthetic dataset that task reads (Hub layout, or JSONL + images for your own data).
+DATASET_BUILDERS = {
+    "docvqa": write_synthetic_docvqa,
+    "cauldron": write_synthetic_cauldron,
+    "vqa": write_synthetic_vqa_jsonl,
+    "detection": write_synthetic_detection,
+}
+
+
+def _buildable(folder: Path) -> bool:
+    """Only a missing or empty folder, or one a builder wrote (it holds the build marker), is (re)built.
+
+    Anything else is the user's own model or data — e.g. a smoke YAML pointed at a trained checkpoint —
+    and is used as it is, never overwritten.
+    """
+    return not folder.exists() or (folder / BUILD_MARKER).is_file() or not any(folder.iterdir())
 
 
 def build_offline_fixtures(model_dir: str, dataset_dir: str, task: str) -> None:
@@ -21,8 +41,17 @@ def build_offline_fixtures(model_dir: str, dataset_dir: str, task: str) -> None:
         raise RecipeError(
             f"build_offline_fixtures: no synthetic dataset for task {task!r}; available: {', '.join(DATASET_BUILDERS)}"
         )
-    build_random_florence2(Path(model_dir), size="tiny")
-    DATASET_BUILDERS[task](Path(dataset_dir))
+    if _buildable(Path(model_dir)):
+        build_random_florence2(Path(model_dir), size="tiny")
+    if _buildable(Path(dataset_dir)):
+        DATASET_BUILDERS[task](Path(dataset_dir))
 
 
-__all__ = ["build_offline_fixtures", "build_random_florence2", "write_synthetic_docvqa"]
+__all__ = [
+    "build_offline_fixtures",
+    "build_random_florence2",
+    "write_synthetic_cauldron",
+    "write_synthetic_detection",
+    "write_synthetic_docvqa",
+    "write_synthetic_vqa_jsonl",
+]

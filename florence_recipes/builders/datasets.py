@@ -37,8 +37,9 @@ from florence_recipes.builders.documents import (
     render_infographic,
     render_shapes,
 )
+from florence_recipes.builders.model import BUILD_MARKER
 
-MARKER_FILE = ".florence_recipes_build.json"
+MARKER_FILE = BUILD_MARKER  # one marker name for every builder
 # Bump when the generated content changes, so that folders built by an older version get rebuilt.
 _BUILD_VERSION = 1
 

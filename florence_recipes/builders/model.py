@@ -30,6 +30,8 @@ from transformers import (
 logger = logging.getLogger(__name__)
 
 BUILD_MARKER = ".florence_recipes_build.json"
+# Bump when the built files change (2: processor with post_processor_config), so older builds are rebuilt.
+BUILD_VERSION = 2
 NUM_LOCATION_BINS = 1000  # Florence-2 quantises coordinates into 1000 bins: <loc_0> … <loc_999>
 # Florence-2's own task / region tokens, present in the released tokenizer.
 TASK_TOKENS = [
@@ -38,6 +40,22 @@ TASK_TOKENS = [
     "</region_cap>", "<region_to_desciption>", "</region_to_desciption>", "<proposal>", "</proposal>",
     "<and>",
 ]  # fmt: skip
+
+# Parsing rules of the released processors: `post_process_generation` refuses any parse type missing here
+# (boxes for <OD>, quad boxes for <OCR_WITH_REGION>, ...).
+POST_PROCESSOR_CONFIG: dict[str, dict[str, Any]] = {
+    "ocr": {
+        "pattern": r"(.+?)<loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)>",
+        "area_threshold": 0.0,
+    },
+    "phrase_grounding": {"banned_grounding_tokens": ["the image"]},
+    "pure_text": {},
+    "description_with_bboxes": {},
+    "description_with_polygons": {},
+    "polygons": {},
+    "bboxes": {},
+    "description_with_bboxes_or_polygons": {},
+}
 
 # Architectures of the released checkpoints (vision: DaViT; text: BART-style encoder-decoder).
 ARCHITECTURES: dict[str, dict[str, Any]] = {
@@ -136,7 +154,9 @@ def build_processor(image_size: int, vocab_size: int = 1024) -> Florence2Process
         do_convert_rgb=True,
         image_seq_length=image_seq_length(image_size),
     )
-    return Florence2Processor(image_processor=image_processor, tokenizer=tokenizer)
+    return Florence2Processor(
+        image_processor=image_processor, tokenizer=tokenizer, post_processor_config=POST_PROCESSOR_CONFIG
+    )
 
 
 def build_config(size: str, vocab_size: int, image_token_id: int) -> Florence2Config:
@@ -177,7 +197,7 @@ def build_random_florence2(
     """
     out_dir = Path(out_dir)
     image_size = image_size or ARCHITECTURES.get(size, {}).get("image_size", 768)
-    spec = {"size": size, "image_size": image_size, "seed": seed}
+    spec = {"size": size, "image_size": image_size, "seed": seed, "version": BUILD_VERSION}
     marker = out_dir / BUILD_MARKER
     if marker.is_file() and json.loads(marker.read_text()) == spec:
         return out_dir

@@ -1,0 +1,82 @@
+"""Shared fixtures: every test runs offline, on the package's own tiny model and synthetic datasets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+# Before transformers / datasets are imported anywhere: no Hub, and a private HF cache so that neither a
+# user's token nor a stale dataset cache can change what a test sees.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="florence-recipes-hf-home-"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Two pytest-xdist workers share 2 cores: one OpenMP thread each (inherited by recipe subprocesses) instead of
+# four spinning threads fighting over them.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SMOKE_YAML = REPO_ROOT / "recipes" / "docvqa" / "smoke.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from florence_recipes.builders import build_random_florence2
+
+    return build_random_florence2(tmp_path_factory.mktemp("models") / "tiny-florence2", size="tiny")
+
+
+@pytest.fixture(scope="session")
+def docvqa_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from florence_recipes.builders import write_synthetic_docvqa
+
+    return write_synthetic_docvqa(tmp_path_factory.mktemp("data") / "synthetic-docvqa")
+
+
+@pytest.fixture(scope="session")
+def fitted_model_dir(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, docvqa_dir: Path
+) -> Path:
+    """The tiny model after memorising most answers of `docvqa_dir`'s validation split (tests/eval_helpers.py)."""
+    from eval_helpers import fit_tiny_model
+
+    return fit_tiny_model(tiny_model_dir, docvqa_dir, tmp_path_factory.mktemp("models") / "tiny-fitted")
+
+
+def recipe_command(
+    script: str, *args: str, num_processes: int = 1, launcher_args: Sequence[str] = ()
+) -> list[str]:
+    """`accelerate launch [launcher_args] recipes/<script> args...`, as a user would type it (run it from the
+    repo root); e.g. `launcher_args=("--config_file", "accelerate_configs/multi_gpu.yaml")`.
+
+    `--quiet` stops the single-process launcher from adding its own CalledProcessError traceback to a
+    recipe's one-line error.
+    """
+    return [
+        sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--num_processes", str(num_processes),
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *launcher_args,
+        str(REPO_ROOT / "recipes" / script), *args,
+    ]  # fmt: skip
+
+
+def run_recipe_subprocess(
+    script: str,
+    *args: str,
+    num_processes: int = 1,
+    launcher_args: Sequence[str] = (),
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[str]:
+    """Run `recipe_command(...)` from the repo root and wait for it."""
+    return subprocess.run(
+        recipe_command(script, *args, num_processes=num_processes, launcher_args=launcher_args),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
