@@ -593,43 +593,24 @@ def format_table(result: dict[str, Any]) -> str:
         "| metric | seed (blog loop) | ours (recipe) | ours / seed |",
         "|---|---|---|---|",
         row("precision", seed["precision"], ours["precision"]),
-        row(
-            "train samples/s",
-            f"{seed['train_samples_per_s']:.3g}",
-            f"{ours['train_samples_per_s']:.3g}",
-            _ratio(ours["train_samples_per_s"], seed["train_samples_per_s"]),
-        ),
-        row(
-            "train tokens/s",
-            f"{seed['train_tokens_per_s']:.4g}",
-            f"{ours['train_tokens_per_s']:.4g}",
-            _ratio(ours["train_tokens_per_s"], seed["train_tokens_per_s"]),
-        ),
-        row(
-            "TFLOP per step (counted)",
-            f"{seed['flops_per_step'] / 1e12:.3g}",
-            f"{ours['flops_per_step'] / 1e12:.3g}",
-            _ratio(ours["flops_per_step"], seed["flops_per_step"]),
-        ),
+    ]
+
+    def measured(name: str, key: str, fmt: str, scale: float = 1.0) -> str:
+        return row(
+            name,
+            format(seed[key] / scale, fmt),
+            format(ours[key] / scale, fmt),
+            _ratio(ours[key], seed[key]),
+        )
+
+    lines += [
+        measured("train samples/s", "train_samples_per_s", ".3g"),
+        measured("train tokens/s", "train_tokens_per_s", ".4g"),
+        measured("TFLOP per step (counted)", "flops_per_step", ".3g", 1e12),
         row("MFU", f"{seed['mfu']:.1%}", f"{ours['mfu']:.1%}"),
-        row(
-            "peak memory (GiB)",
-            f"{seed['peak_memory_bytes'] / gib:.2f}",
-            f"{ours['peak_memory_bytes'] / gib:.2f}",
-            _ratio(ours["peak_memory_bytes"], seed["peak_memory_bytes"]),
-        ),
-        row(
-            "data loader samples/s",
-            f"{seed['loader_samples_per_s']:.3g}",
-            f"{ours['loader_samples_per_s']:.3g}",
-            _ratio(ours["loader_samples_per_s"], seed["loader_samples_per_s"]),
-        ),
-        row(
-            "eval samples/s",
-            f"{seed['eval_samples_per_s']:.3g}",
-            f"{ours['eval_samples_per_s']:.3g}",
-            _ratio(ours["eval_samples_per_s"], seed["eval_samples_per_s"]),
-        ),
+        measured("peak memory (GiB)", "peak_memory_bytes", ".2f", gib),
+        measured("data loader samples/s", "loader_samples_per_s", ".3g"),
+        measured("eval samples/s", "eval_samples_per_s", ".3g"),
         row("eval generation", seed["eval_generation"], ours["eval_generation"]),
     ]
     if "cache_build_seconds" in ours:

@@ -1,6 +1,6 @@
 """Fine-tune Florence-2 on DocVQA with transformers' Seq2SeqTrainer, scored with ANLS.
 
-Offline smoke run (tiny random Florence-2 + synthetic documents, 2 CPU cores, a few minutes):
+Offline smoke run (tiny random Florence-2 + synthetic documents, 2 CPU cores, under a minute):
 
     accelerate launch recipes/docvqa.py --config recipes/docvqa/smoke.yaml
 

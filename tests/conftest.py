@@ -64,6 +64,21 @@ def recipe_command(
     ]  # fmt: skip
 
 
+@pytest.fixture(scope="session")
+def processor(tiny_model_dir: Path):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def train_rows(docvqa_dir: Path):
+    """The synthetic DocVQA train split as standard rows."""
+    from florence_recipes.data import get_task, load_task_split
+
+    return load_task_split(get_task("docvqa"), str(docvqa_dir), "train")
+
+
 def run_recipe_subprocess(
     script: str,
     *args: str,

@@ -9,16 +9,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText
 
 from florence_recipes.collator import IGNORE_INDEX, Florence2Collator, to_rgb
 
 TARGETS = ["45.20", "Acme Corporation Ltd., 12 Main Street", "", "12/03/1998 – ünïcödé 東京"]  # noqa: RUF001
-
-
-@pytest.fixture(scope="module")
-def processor(tiny_model_dir: Path):
-    return AutoProcessor.from_pretrained(tiny_model_dir)
 
 
 def make_features(targets: list[str]) -> list[dict]:

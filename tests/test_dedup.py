@@ -5,28 +5,16 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-import pytest
 import torch
-from transformers import AutoProcessor
 
 from florence_recipes.collator import Florence2Collator
 from florence_recipes.configs import FlorenceTrainingArguments, ModelArguments
-from florence_recipes.data import column_values, get_task, load_task_split
+from florence_recipes.data import column_values
 from florence_recipes.modeling import apply_training_mode, load_model
 from florence_recipes.speed import ImageGroupedSampler
 from florence_recipes.training import FlorenceTrainer
 
 BATCH = 7  # not a multiple of 3 questions per image: a batch also holds part of an image's questions
-
-
-@pytest.fixture(scope="module")
-def processor(tiny_model_dir: Path):
-    return AutoProcessor.from_pretrained(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def train_rows(docvqa_dir: Path):
-    return load_task_split(get_task("docvqa"), str(docvqa_dir), "train")
 
 
 def make_trainer(tiny_model_dir: Path, rows, processor, tmp_path: Path, **speed) -> FlorenceTrainer:

@@ -25,11 +25,6 @@ from florence_recipes.errors import RecipeError
 SIZES = [(256, 256), (640, 480), (333, 1000), (4000, 3000)]
 
 
-@pytest.fixture(scope="module")
-def processor(tiny_model_dir: Path):
-    return AutoProcessor.from_pretrained(tiny_model_dir)
-
-
 def random_boxes(rng: np.random.Generator, size: tuple[int, int], count: int) -> np.ndarray:
     width, height = size
     x = np.sort(rng.uniform(0, width, (count, 2)), axis=1)

@@ -11,23 +11,12 @@ from transformers import AutoConfig, AutoProcessor, Florence2ForConditionalGener
 
 from florence_recipes.collator import Florence2Collator
 from florence_recipes.configs import FlorenceTrainingArguments, ModelArguments
-from florence_recipes.data import get_task, load_task_split
 from florence_recipes.errors import RecipeError
 from florence_recipes.modeling import apply_training_mode, load_model
 from florence_recipes.speed import build_feature_cache
 from florence_recipes.training import FlorenceTrainer
 
 BATCH = 6
-
-
-@pytest.fixture(scope="module")
-def processor(tiny_model_dir: Path):
-    return AutoProcessor.from_pretrained(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def train_rows(docvqa_dir: Path):
-    return load_task_split(get_task("docvqa"), str(docvqa_dir), "train")
 
 
 def frozen_model(tiny_model_dir: Path, mode: str = "frozen_vision"):
