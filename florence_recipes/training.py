@@ -53,6 +53,11 @@ def run_recipe(main: Callable[[], None]) -> None:
     except RecipeError as err:
         sys.stderr.write(f"error: {err}\n")
         sys.exit(1)
+    finally:
+        # Tear the process group down explicitly: left to interpreter exit, gloo/NCCL threads can abort a
+        # finished run ("terminate called without an active exception") and fail the whole launch.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def setup_logging(training_args: FlorenceTrainingArguments) -> None:
