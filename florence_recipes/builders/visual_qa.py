@@ -1,0 +1,266 @@
+"""A synthetic visual-QA set whose answers are only in the pixels, in the ``HuggingFaceM4/DocumentVQA`` layout.
+
+Memorising a few examples proves little: a model can overfit them through the question text alone, and a
+training path that pairs image features with the wrong question (dedup, feature cache, DDP, ZeRO) still
+passes. Here every image is one coloured shape on a light background, and each image gets the same three
+questions (its colour, its shape, its horizontal position). The question text is identical for all images,
+so a model that ignores the pixels can at best answer the most frequent answer per question
+(:func:`image_blind_baseline`, about 0.3 ANLS); scoring well on images never seen in training means that
+the pixels reached the question they belong to.
+
+``task: docvqa`` reads the folder unchanged (``data/{split}-00000-of-00001.parquet`` with
+:data:`DOCVQA_FEATURES`). ``control="blank"`` / ``"shuffled"`` write the image-blind control: the same rows
+with every image blanked, or with the training images shuffled between images (validation keeps the real
+ones). A fresh held-out split is one call with another seed and no training images::
+
+    write_synthetic_visual_qa("heldout-seed7", num_train_images=0, num_validation_images=300, seed=7)
+    python -m florence_recipes.builders.visual_qa heldout-seed7 --num-train-images 0 --seed 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+from florence_recipes.builders.datasets import (
+    DOCVQA_FEATURES,
+    DOCVQA_SPLITS,
+    _build,
+    _dataset_card,
+    _png_bytes,
+    _rng,
+    _split_info,
+    _write_parquet,
+)
+from florence_recipes.builders.documents import ImageSize
+
+# Saturated colours far apart in RGB, and names far apart in edit distance (no partial ANLS credit between
+# them), so a wrong guess scores 0.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 38, 38),
+    "green": (22, 163, 74),
+    "blue": (37, 99, 235),
+    "yellow": (234, 179, 8),
+    "purple": (147, 51, 234),
+}
+SHAPES = ("circle", "square", "triangle")
+POSITIONS = ("left", "middle", "right")  # the third of the image width that holds the shape's centre
+BACKGROUNDS = ((255, 255, 255), (242, 242, 242), (253, 246, 227), (238, 243, 248))
+# One fixed wording per question type: the text says which attribute, never its value.
+QUESTIONS = {
+    "colour": "What colour is the shape?",
+    "shape": "What shape is it?",
+    "position": "Where is the shape?",
+}
+CONTROLS = ("blank", "shuffled")
+
+
+@dataclass(frozen=True)
+class Scene:
+    colour: str
+    shape: str
+    position: str
+
+    def answer(self, question_type: str) -> str:
+        return getattr(self, question_type)
+
+
+def render_scene(rng: random.Random, image_size: ImageSize) -> tuple[Image.Image, Scene]:
+    """One shape of random colour, kind and column; its size, vertical place and the background vary too."""
+    width, height = image_size
+    scene = Scene(rng.choice(list(COLOURS)), rng.choice(SHAPES), rng.choice(POSITIONS))
+    background = rng.choice(BACKGROUNDS)
+    image = Image.new("RGB", image_size, background)
+    # Large shapes (a third to nearly half the width) are what a small random-init model can learn to see in
+    # minutes; the centre lies in the middle of its third of the width, which is the position answer.
+    side = rng.randint(round(0.3 * width), round(0.45 * width))
+    column = POSITIONS.index(scene.position)
+    centre = round((column + 0.5 + rng.uniform(-0.2, 0.2)) * width / 3)
+    x0 = min(max(centre - side // 2, 1), width - side - 1)
+    y0 = rng.randint(1, height - side - 1)
+    box = (x0, y0, x0 + side - 1, y0 + side - 1)
+    draw = ImageDraw.Draw(image)
+    fill = COLOURS[scene.colour]
+    if scene.shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif scene.shape == "square":
+        draw.rectangle(box, fill=fill)
+    else:
+        draw.polygon([((box[0] + box[2]) / 2, box[1]), (box[0], box[3]), (box[2], box[3])], fill=fill)
+    return image, scene
+
+
+def _scenes(
+    counts: dict[str, int], image_size: ImageSize, seed: int
+) -> dict[str, list[tuple[Image.Image, Scene]]]:
+    """Every split's images; an image drawn twice (same pixels) is redrawn, so splits never share one."""
+    seen: set[bytes] = set()
+    out: dict[str, list[tuple[Image.Image, Scene]]] = {}
+    for split, count in counts.items():
+        rng = _rng(seed, "visual-qa", split)
+        out[split] = []
+        while len(out[split]) < count:
+            image, scene = render_scene(rng, image_size)
+            digest = hashlib.sha256(image.tobytes()).digest()
+            if digest not in seen:
+                seen.add(digest)
+                out[split].append((image, scene))
+    return out
+
+
+def write_synthetic_visual_qa(
+    out_dir: str | os.PathLike[str],
+    num_train_images: int = 1200,
+    num_validation_images: int = 150,
+    num_test_images: int = 0,
+    image_size: ImageSize = (64, 64),
+    seed: int = 0,
+    control: str | None = None,
+) -> Path:
+    """A DocumentVQA-layout folder of shape scenes with three questions per image (see the module docstring).
+
+    Deterministic for the arguments; splits with 0 images are left out; the test split's ``answers`` and
+    ``question_types`` are null as on the Hub. ``control``: None (real images), ``"blank"`` (every image a
+    plain white one) or ``"shuffled"`` (training images permuted between images; other splits real).
+    """
+    counts = {"train": num_train_images, "validation": num_validation_images, "test": num_test_images}
+    if min(counts.values()) < 0 or sum(counts.values()) == 0:
+        raise ValueError(f"image counts must be >= 0 and not all 0, got {counts}")
+    if control is not None and control not in CONTROLS:
+        raise ValueError(f"control={control!r} is not one of: {', '.join(CONTROLS)} (or None)")
+    if min(image_size) < 24:
+        raise ValueError(f"image_size must be at least 24 x 24 pixels, got {image_size}")
+    args = {**{f"num_{split}_images": n for split, n in counts.items()}, "image_size": image_size}
+    args |= {"seed": seed, "control": control}
+
+    def write(folder: Path) -> None:
+        splits: dict[str, dict[str, int]] = {}
+        sizes: dict[str, int] = {}
+        scenes = _scenes({split: n for split, n in counts.items() if n}, image_size, seed)
+        blank = {"bytes": _png_bytes(Image.new("RGB", image_size, BACKGROUNDS[0])), "path": None}
+        doc_id, question_id = 1000, 50000
+        for split in DOCVQA_SPLITS:
+            if split not in scenes:
+                continue
+            images = [{"bytes": _png_bytes(image), "path": None} for image, _ in scenes[split]]
+            if control == "blank":
+                images = [blank] * len(images)
+            elif control == "shuffled" and split == "train":
+                _rng(seed, "visual-qa-shuffle").shuffle(images)
+            hidden = split == "test"
+            rows: dict[str, list[Any]] = {name: [] for name in DOCVQA_FEATURES}
+            for image, (_, scene) in zip(images, scenes[split], strict=True):
+                for question_type, question in QUESTIONS.items():
+                    rows["questionId"].append(question_id)
+                    rows["question"].append(question)
+                    rows["question_types"].append(None if hidden else [question_type])
+                    rows["image"].append(image)
+                    rows["docId"].append(doc_id)
+                    rows["ucsf_document_id"].append(f"shape{doc_id:05d}")
+                    rows["ucsf_document_page_no"].append("1")
+                    rows["answers"].append(None if hidden else [scene.answer(question_type)])
+                    question_id += 1
+                doc_id += 1
+            path = folder / "data" / f"{split}-00000-of-00001.parquet"
+            splits[split] = _write_parquet(rows, DOCVQA_FEATURES, path)
+            sizes[split] = path.stat().st_size
+        configs = [
+            {
+                "config_name": "default",
+                "data_files": [{"split": split, "path": f"data/{split}-*"} for split in splits],
+            }
+        ]
+        body = (
+            "Synthetic visual QA in the `HuggingFaceM4/DocumentVQA` layout, written offline by "
+            "`florence_recipes.builders.visual_qa`: one coloured shape per image, three questions per image "
+            f"(colour, shape, position), answers only in the pixels. Control: {control or 'none'}."
+        )
+        readme = _dataset_card(
+            "Synthetic visual QA", body, [_split_info(DOCVQA_FEATURES, splits, sizes)], configs
+        )
+        (folder / "README.md").write_text(readme)
+
+    return _build(out_dir, "write_synthetic_visual_qa", args, ["data", "README.md"], write)
+
+
+def visual_qa_kind(folder: str | os.PathLike[str]) -> tuple[bool, str | None]:
+    """Whether a dataset folder name asks for this set (it contains ``visual-qa``), and which control
+    (``...-blank`` / ``...-shuffled``); how ``build_offline_fixtures`` picks it for ``task: docvqa``."""
+    name = Path(folder).name.lower()
+    if "visual-qa" not in name:
+        return False, None
+    return True, next((control for control in CONTROLS if name.endswith(f"-{control}")), None)
+
+
+def image_blind_baseline(
+    train_questions: Sequence[str],
+    train_answers: Sequence[Sequence[str]],
+    eval_questions: Sequence[str],
+    eval_answers: Sequence[Sequence[str]],
+) -> float:
+    """ANLS of the best model that never looks at the image: per question text, the most frequent first
+    gold answer in training (ties: the first seen); a question unseen in training gets an empty answer."""
+    from florence_recipes.metrics import anls  # deferred: the metrics stack is heavier than the builders
+
+    if len(train_questions) != len(train_answers) or len(eval_questions) != len(eval_answers):
+        raise ValueError("questions and answers must have the same length")
+    counts: dict[str, Counter[str]] = {}
+    for question, golds in zip(train_questions, train_answers, strict=True):
+        if golds:
+            counts.setdefault(question.strip(), Counter())[golds[0]] += 1
+    guess = {question: counter.most_common(1)[0][0] for question, counter in counts.items()}
+    predictions = [guess.get(question.strip(), "") for question in eval_questions]
+    return anls(predictions, [list(golds) for golds in eval_answers])
+
+
+def dataset_image_blind_baseline(
+    dataset_dir: str | os.PathLike[str], train_split: str = "train", eval_split: str = "validation"
+) -> float:
+    """:func:`image_blind_baseline` of a DocumentVQA-layout folder (this builder's or the Hub's layout)."""
+    import datasets  # deferred, like the metrics
+
+    def columns(split: str) -> tuple[list[str], list[list[str]]]:
+        files = sorted((Path(dataset_dir) / "data").glob(f"{split}-*.parquet"))
+        if not files:
+            raise FileNotFoundError(f"{dataset_dir}: no data/{split}-*.parquet")
+        rows = datasets.Dataset.from_parquet([str(f) for f in files], columns=["question", "answers"])
+        return rows["question"], [golds or [] for golds in rows["answers"]]
+
+    return image_blind_baseline(*columns(train_split), *columns(eval_split))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=write_synthetic_visual_qa.__doc__.split("\n")[0])
+    parser.add_argument("out_dir")
+    parser.add_argument("--num-train-images", type=int, default=1200)
+    parser.add_argument("--num-validation-images", type=int, default=150)
+    parser.add_argument("--num-test-images", type=int, default=0)
+    parser.add_argument("--image-size", type=int, default=64, help="square side in pixels")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--control", choices=CONTROLS, default=None)
+    args = parser.parse_args(argv)
+    out = write_synthetic_visual_qa(
+        args.out_dir,
+        args.num_train_images,
+        args.num_validation_images,
+        args.num_test_images,
+        (args.image_size, args.image_size),
+        args.seed,
+        args.control,
+    )
+    print(out)
+    if args.num_train_images and args.num_validation_images:
+        print(f"image-blind baseline (validation ANLS): {dataset_image_blind_baseline(out):.4f}")
+
+
+if __name__ == "__main__":
+    main()
