@@ -21,6 +21,7 @@ import logging
 from transformers import set_seed
 
 from florence_recipes.builders import build_offline_fixtures
+from florence_recipes.builders.visual_qa import offline_result_note
 from florence_recipes.callbacks import NonFiniteLossGuard
 from florence_recipes.collator import Florence2Collator
 from florence_recipes.configs import parse_recipe_args
@@ -185,6 +186,8 @@ def main() -> None:
         logger.info("Pushing to the Hub")
         trainer.push_to_hub(**card_kwargs)
     logger.info("*** Done: %s ***", training_args.output_dir)
+    if data_args.build_offline_fixtures and training_args.do_eval and "eval_anls" in metrics:
+        logger.info(offline_result_note(sources[0].dataset, metrics["eval_anls"]))
 
 
 if __name__ == "__main__":
