@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_recipe_subprocess
 from PIL import Image
 
 from florence_recipes.builders import (
@@ -151,3 +151,28 @@ def test_offline_fixtures_build_visual_qa_and_controls_by_folder_name(tmp_path: 
     marker = json.loads((tmp_path / "visual-qa-blank" / ".florence_recipes_build.json").read_text())
     assert marker["builder"] == "write_synthetic_visual_qa" and marker["args"]["control"] == "blank"
     assert json.loads((model / ".florence_recipes_build.json").read_text())["size"] == "tiny"
+
+
+# The regression check: colour questions only (learned first and fastest), on held-out images.
+REGRESSION_DATA = {"num_train_images": 600, "num_validation_images": 100, "questions": ("colour",)}
+REGRESSION_MARGIN = 0.25  # held-out ANLS must beat the image-blind baseline (~0.2) by this much
+
+
+def test_training_learns_from_the_pixels_with_dedup_vision(tmp_path: Path) -> None:
+    """Held-out ANLS clearly above the image-blind baseline with group_by_image + dedup_vision: if image
+    features were paired with the wrong question, no answer could be read and the score would fall to it."""
+    from florence_recipes.builders import build_random_florence2
+
+    data = write_synthetic_visual_qa(tmp_path / "visual-qa", **REGRESSION_DATA)
+    model = build_random_florence2(tmp_path / "tiny64-florence2", size="tiny64")
+    output = tmp_path / "run"
+    result = run_recipe_subprocess(
+        "docvqa.py", "--config", str(LEARN_YAML), "--model_name_or_path", str(model),
+        "--dataset_name", str(data), "--build_offline_fixtures", "false", "--output_dir", str(output),
+        "--num_train_epochs", "3", "--eval_strategy", "no", "--save_strategy", "no",
+        "--group_by_image", "true", "--dedup_vision", "true", "--dataloader_num_workers", "0",
+    )  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    anls = json.loads((output / "all_results.json").read_text())["eval_anls"]
+    baseline = dataset_image_blind_baseline(data)
+    assert anls > baseline + REGRESSION_MARGIN, f"held-out ANLS {anls:.3f}, image-blind {baseline:.3f}"
