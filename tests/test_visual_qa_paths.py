@@ -54,7 +54,7 @@ def baseline(data_dir: Path) -> float:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_random_florence2(tmp_path_factory.mktemp("models") / "small-florence2", size="small")
+    return build_random_florence2(tmp_path_factory.mktemp("models") / "tiny64-florence2", size="tiny64")
 
 
 def learn_args(model: Path, data: Path, output: Path, *extra: str, batch: int = 16) -> tuple[str, ...]:
