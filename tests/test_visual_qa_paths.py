@@ -5,9 +5,12 @@ held-out ANLS, within a tolerance, and stay clearly above the image-blind baseli
 Tolerance. The held-out set is 300 questions; the paths see the same examples in another order (grouped by
 image, sharded over 2 processes) or with other float sums, so their scores differ from the reference by
 run-to-run noise, not by a bug: at a true accuracy near 0.9 one standard error of the mean is
-sqrt(0.9 * 0.1 / 300) = 0.017, and other data orders moved the score by up to ~0.05 in our runs. PATH_TOL =
-0.08 allows that. A pairing bug (features of another image) falls to the image-blind baseline, ~0.3, far
-outside it. Paths that should compute the same numbers (feature cache vs. no cache) get a tight bound.
+sqrt(0.9 * 0.1 / 300) = 0.017; PATH_TOL = 0.08 is ~4.5 of them, to be recalibrated from measured
+path-to-path spreads once the recipe learns (issue 11: not yet). A pairing bug (features of another image)
+falls to the image-blind baseline, ~0.3, far outside it. Paths that compute the same forward pass (feature
+cache vs. no cache) get a tight bound.
+
+Status: these fail until recipes/docvqa/learn_tiny.yaml learns (see its header); none has been run to the end.
 """
 
 from __future__ import annotations
@@ -199,3 +202,17 @@ def test_resume_after_a_kill_mid_run(
     metrics = run(*args, "--resume_from_checkpoint", "true")
     check(metrics, reference, baseline)
     assert json.loads((output / "trainer_state.json").read_text())["global_step"] == MAX_STEPS
+
+
+def test_blank_image_control_stays_at_the_image_blind_baseline(
+    model_dir: Path, data_dir: Path, baseline: float, tmp_path: Path
+) -> None:
+    """The same recipe with every image blanked can only learn the answer prior: within 0.05 of the baseline."""
+    blank = write_synthetic_visual_qa(
+        tmp_path / "visual-qa-blank",
+        num_train_images=TRAIN_IMAGES,
+        num_validation_images=HELDOUT_IMAGES,
+        control="blank",
+    )
+    metrics = run(*learn_args(model_dir, blank, tmp_path / "blank"))
+    assert metrics["eval_anls"] == pytest.approx(baseline, abs=0.05)
