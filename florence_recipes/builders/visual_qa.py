@@ -262,7 +262,7 @@ def offline_result_note(dataset_dir: str | os.PathLike[str], eval_anls: float) -
         )
     return (
         f"eval_anls {eval_anls:.4f} checks the pipeline (random tiny model, a few synthetic documents), not "
-        f"learning; to see a model learn from pixels on held-out images (~15 min on 2 CPU cores): {LEARN_COMMAND}"
+        f"learning; the held-out check of learning from pixels (issue 11, in progress): {LEARN_COMMAND}"
     )
 
 
