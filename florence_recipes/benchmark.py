@@ -1,13 +1,13 @@
-"""Training / evaluation speed of our DocVQA recipe path against the seed blog's loop, side by side.
+"""Training / evaluation speed of our DocVQA recipe path against the blog post's loop, side by side.
 
 One process, one device, the same random-initialised Florence-2 (speed does not depend on weight values) and
 the same synthetic DocVQA rows (about 3 questions per document, like DocVQA) for both paths:
 
-* **seed**: `florence_recipes.seed_loop`, the blog's loop re-implemented (fp32, processor in the main
+* **blog loop** (JSON key `seed`): `florence_recipes.blog_loop`, the blog's loop re-implemented (fp32, processor in the main
   process, batch 6, per-example `generate(num_beams=3)`).
 * **ours**: `FlorenceTrainer` with the recipe YAML of the mode (`recipes/docvqa/<size>_<mode>.yaml`, else
   `base_<mode>.yaml`) — its precision, attention, optimizer, DataLoader workers and speed switches — with only
-  the model, data, batch size, step count and generation length overridden to match the seed.
+  the model, data, batch size, step count and generation length overridden to match the blog loop.
 
 Per path: training samples/s and tokens/s (after `warmup_steps` untimed steps), FLOPs of one training step
 counted with `torch.utils.flop_counter.FlopCounterMode` for its exact batch shapes, MFU against the device's
@@ -36,22 +36,21 @@ from datasets import Dataset
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 from transformers import AutoModelForImageTextToText, PrinterCallback, TrainerCallback, set_seed
 
-from florence_recipes.builders import build_random_florence2, write_synthetic_docvqa
-from florence_recipes.collator import Florence2Collator
-from florence_recipes.configs import TRAINING_MODES, ModelArguments, parse_recipe_args
-from florence_recipes.data import column_values, get_task, load_task_split
-from florence_recipes.errors import RecipeError
-from florence_recipes.metrics import build_compute_metrics
-from florence_recipes.modeling import apply_training_mode, load_model, load_processor, set_generation_length
-from florence_recipes.seed_loop import (
-    SEED_BATCH_SIZE,
-    SEED_NUM_BEAMS,
-    seed_dataloader,
-    seed_generate,
-    seed_optimizer,
-    seed_train_step,
+from florence_recipes.blog_loop import (
+    BLOG_BATCH_SIZE,
+    BLOG_NUM_BEAMS,
+    blog_dataloader,
+    blog_generate,
+    blog_optimizer,
+    blog_train_step,
 )
-from florence_recipes.training import FlorenceTrainer
+from florence_recipes.builders import build_random_florence2, write_synthetic_docvqa
+from florence_recipes.configs import TRAINING_MODES, ModelArguments, parse_recipe_args
+from florence_recipes.data import column_values, data_sources, load_task_split
+from florence_recipes.errors import RecipeError
+from florence_recipes.modeling import apply_training_mode, load_model, load_processor, set_generation_length
+from florence_recipes.tasks import get_task
+from florence_recipes.trainer import FlorenceTrainer
 
 MODEL_SIZES = ("tiny", "base", "large")
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes" / "docvqa"
@@ -94,7 +93,7 @@ class BenchmarkSettings:
     mode: str
     steps: int
     warmup_steps: int = 1
-    batch_size: int = SEED_BATCH_SIZE
+    batch_size: int = BLOG_BATCH_SIZE
     eval_samples: int | None = None  # default: 6 on CPU, 128 on CUDA
     eval_max_new_tokens: int = 16
     loader_batches: int = 2
@@ -331,14 +330,14 @@ def prepare_data(settings: BenchmarkSettings, eval_samples: int) -> BenchmarkDat
     return BenchmarkData(model_dir, data_dir, train_rows, eval_rows, sum(tokens) / len(tokens))
 
 
-def run_seed(
+def run_blog_loop(
     settings: BenchmarkSettings, data: BenchmarkData, device: torch.device, peak_tflops: float
 ) -> dict[str, Any]:
     set_seed(settings.seed)
     model_args = ModelArguments(model_name_or_path=str(data.model_dir), training_mode=settings.mode)
     processor = load_processor(model_args)
     loader_rate = _loader_samples_per_s(
-        iter(seed_dataloader(data.train_rows, processor, device, settings.batch_size)),
+        iter(blog_dataloader(data.train_rows, processor, device, settings.batch_size)),
         min(settings.loader_batches, len(data.train_rows) // settings.batch_size - 1),
         settings.batch_size,
     )
@@ -347,14 +346,14 @@ def run_seed(
         model = apply_training_mode(model, model_args)
         model.train()
         total_steps = settings.warmup_steps + settings.steps
-        optimizer, scheduler = seed_optimizer(model, num_training_steps=total_steps)
-        batches = iter(seed_dataloader(data.train_rows, processor, device, settings.batch_size))
+        optimizer, scheduler = blog_optimizer(model, num_training_steps=total_steps)
+        batches = iter(blog_dataloader(data.train_rows, processor, device, settings.batch_size))
         step_seconds, flops = [], 0
         for step in range(total_steps):
             start = time.perf_counter()
             with count_flops() if step == 0 else contextlib.nullcontext() as counter:
                 inputs, answers = next(batches)  # the blog's collate_fn runs here, in the training loop
-                seed_train_step(model, processor, optimizer, scheduler, inputs, answers, device)
+                blog_train_step(model, processor, optimizer, scheduler, inputs, answers, device)
             _synchronize(device)
             if step == 0:
                 flops = counter.get_total_flops()
@@ -365,7 +364,7 @@ def run_seed(
     model.eval()
     start = time.perf_counter()
     for row in data.eval_rows:
-        seed_generate(model, processor, row["prompt"], row["image"], device, settings.eval_max_new_tokens)
+        blog_generate(model, processor, row["prompt"], row["image"], device, settings.eval_max_new_tokens)
     _synchronize(device)
     eval_rate = len(data.eval_rows) / (time.perf_counter() - start)
     del model
@@ -379,7 +378,7 @@ def run_seed(
         loader_rate,
         eval_rate,
         precision="fp32",
-        eval_generation=f"one example at a time, {SEED_NUM_BEAMS} beams",
+        eval_generation=f"one example at a time, {BLOG_NUM_BEAMS} beams",
     )
 
 
@@ -440,7 +439,7 @@ def run_ours(
     # A cache left by an earlier benchmark run would be reused; time its build instead.
     shutil.rmtree(output_dir / "feature_cache", ignore_errors=True)
     set_seed(settings.seed)
-    task = get_task("docvqa")
+    sources = data_sources(data_args, training_args)
     processor = load_processor(model_args)
     with PeakMemory(device) as memory:
         model = load_model(model_args)
@@ -450,13 +449,12 @@ def run_ours(
         trainer = FlorenceTrainer(
             model=model,
             args=training_args,
+            processor=processor,
+            sources=sources,
             train_dataset=data.train_rows,
             eval_dataset=data.eval_rows,
-            data_collator=Florence2Collator(processor, max_target_length=data_args.max_target_length),
-            processing_class=processor,
-            compute_metrics=build_compute_metrics(
-                processor.tokenizer, references=column_values(data.eval_rows, "answers"), metrics=task.metrics
-            ),
+            max_target_length=data_args.max_target_length,
+            training_mode=model_args.training_mode,
             callbacks=[timer],
         )
         trainer.remove_callback(PrinterCallback)  # the table reports the numbers
@@ -525,10 +523,10 @@ def run_benchmark(settings: BenchmarkSettings, command: str = "") -> dict[str, A
     peak_tflops, peak_source = resolve_peak_tflops(device, settings.peak_tflops)
     data = prepare_data(settings, eval_samples)
     output_dir = settings.work_dir / "runs" / f"{settings.model_size}-{settings.mode}"
-    # Ours first: its peak memory is then not inflated by memory the seed path freed but the allocator kept.
+    # Ours first: its peak memory is then not inflated by memory the blog loop freed but the allocator kept.
     ours = run_ours(settings, data, device, peak_tflops, output_dir)
     _release_memory(device)
-    seed = run_seed(settings, data, device, peak_tflops)
+    blog = run_blog_loop(settings, data, device, peak_tflops)
     _release_memory(device)
     ablations = {}
     for name in settings.ablate:
@@ -559,10 +557,10 @@ def run_benchmark(settings: BenchmarkSettings, command: str = "") -> dict[str, A
         "peak_source": peak_source,
         "tokens_per_sample": data.tokens_per_sample,
         "ours": ours,
-        "seed": seed,
-        "train_ratio": ours["train_samples_per_s"] / seed["train_samples_per_s"],
-        "eval_ratio": ours["eval_samples_per_s"] / seed["eval_samples_per_s"],
-        "loader_ratio": ours["loader_samples_per_s"] / seed["loader_samples_per_s"],
+        "seed": blog,  # JSON key kept from the first release: the blog loop's results
+        "train_ratio": ours["train_samples_per_s"] / blog["train_samples_per_s"],
+        "eval_ratio": ours["eval_samples_per_s"] / blog["eval_samples_per_s"],
+        "loader_ratio": ours["loader_samples_per_s"] / blog["loader_samples_per_s"],
         "ablations": ablations,
     }
 
@@ -570,17 +568,17 @@ def run_benchmark(settings: BenchmarkSettings, command: str = "") -> dict[str, A
 # --- report ---------------------------------------------------------------------------------------------
 
 
-def _ratio(ours: float | None, seed: float | None) -> str:
-    return f"{ours / seed:.2f}x" if ours and seed else "-"
+def _ratio(ours: float | None, blog: float | None) -> str:
+    return f"{ours / blog:.2f}x" if ours and blog else "-"
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """The benchmark as markdown: a header naming device, date and command, then ours vs seed."""
-    ours, seed, settings = result["ours"], result["seed"], result["settings"]
+    """The benchmark as markdown: a header naming device, date and command, then ours vs the blog loop."""
+    ours, blog, settings = result["ours"], result["seed"], result["settings"]
     gib = 1024**3
 
-    def row(name: str, seed_value: str, ours_value: str, ratio: str = "-") -> str:
-        return f"| {name} | {seed_value} | {ours_value} | {ratio} |"
+    def row(name: str, blog_value: str, ours_value: str, ratio: str = "-") -> str:
+        return f"| {name} | {blog_value} | {ours_value} | {ratio} |"
 
     lines = [
         f"Florence-2-{settings['model_size']} (random weights), `{settings['mode']}`, batch {settings['batch_size']}, "
@@ -590,28 +588,28 @@ def format_table(result: dict[str, Any]) -> str:
         f"Command: `{result['command']}`",
         f"MFU peak: {result['peak_tflops']:.3g} TFLOP/s ({result['peak_source']})",
         "",
-        "| metric | seed (blog loop) | ours (recipe) | ours / seed |",
+        "| metric | blog loop | ours (recipe) | ours / blog |",
         "|---|---|---|---|",
-        row("precision", seed["precision"], ours["precision"]),
+        row("precision", blog["precision"], ours["precision"]),
     ]
 
     def measured(name: str, key: str, fmt: str, scale: float = 1.0) -> str:
         return row(
             name,
-            format(seed[key] / scale, fmt),
+            format(blog[key] / scale, fmt),
             format(ours[key] / scale, fmt),
-            _ratio(ours[key], seed[key]),
+            _ratio(ours[key], blog[key]),
         )
 
     lines += [
         measured("train samples/s", "train_samples_per_s", ".3g"),
         measured("train tokens/s", "train_tokens_per_s", ".4g"),
         measured("TFLOP per step (counted)", "flops_per_step", ".3g", 1e12),
-        row("MFU", f"{seed['mfu']:.1%}", f"{ours['mfu']:.1%}"),
+        row("MFU", f"{blog['mfu']:.1%}", f"{ours['mfu']:.1%}"),
         measured("peak memory (GiB)", "peak_memory_bytes", ".2f", gib),
         measured("data loader samples/s", "loader_samples_per_s", ".3g"),
         measured("eval samples/s", "eval_samples_per_s", ".3g"),
-        row("eval generation", seed["eval_generation"], ours["eval_generation"]),
+        row("eval generation", blog["eval_generation"], ours["eval_generation"]),
     ]
     if "cache_build_seconds" in ours:
         rate = ours["cache_images"] / ours["cache_build_seconds"]

@@ -20,14 +20,14 @@ from accelerate.utils import parse_flag_from_env
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 from transformers.training_args import ParallelMode
 
-from florence_recipes.tasks import MULTI_IMAGE_POLICIES, NO_IMAGE_POLICIES
-from florence_recipes.validation import BAD_SAMPLE_POLICIES
-
 TRAINING_MODES = ("full", "frozen_vision", "lora")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 TORCH_DTYPES = ("auto", "float32", "bfloat16", "float16")
 MIXTURE_STOPPING_STRATEGIES = ("first_exhausted", "all_exhausted")
 FEATURE_CACHE_STORAGES = ("none", "memory", "disk")
+NO_IMAGE_POLICIES = ("skip", "blank")  # rows without an image (florence_recipes.tasks)
+MULTI_IMAGE_POLICIES = ("skip", "first", "concat")  # rows with several images (florence_recipes.tasks)
+BAD_SAMPLE_POLICIES = ("raise", "skip")  # florence_recipes.validation
 
 
 @dataclass

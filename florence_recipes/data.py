@@ -3,7 +3,7 @@
 A source is a Hub dataset (DocVQA, a Cauldron subset, ...), a local folder in a Hub layout or imagefolder
 layout (`metadata.jsonl`), or your own `.jsonl` / `.json` / `.parquet` file (or a folder holding
 `{split}.jsonl` / `{split}.parquet`, with image paths relative to it). Each is read with the real
-`datasets.load_dataset` and converted by its task (`florence_recipes.tasks`) to `STANDARD_FEATURES`, so one
+`datasets.load_dataset` and converted by its task (`florence_recipes.tasks`) to `ROW_FEATURES`, so one
 collator, one trainer and one `compute_metrics` serve them all.
 
 Per source (`load_task_split`): read the split -> rename `columns` -> check the task's columns -> resolve
@@ -28,34 +28,18 @@ from datasets import Sequence as SequenceFeature
 from datasets.exceptions import DatasetGenerationError
 
 from florence_recipes.errors import RecipeError, first_line
-from florence_recipes.tasks import STANDARD_COLUMNS, TASKS, SourceContext, Task, get_task, register_task
+from florence_recipes.tasks import SourceContext, Task, get_task
 
 if TYPE_CHECKING:
     from transformers import TrainingArguments
 
     from florence_recipes.configs import DataArguments
 
-__all__ = [
-    "MIXTURE_KEYS",
-    "STANDARD_COLUMNS",
-    "STANDARD_FEATURES",
-    "TASKS",
-    "DataSource",
-    "Task",
-    "column_values",
-    "data_sources",
-    "get_task",
-    "load_eval_dataset",
-    "load_task_split",
-    "load_train_dataset",
-    "mix_datasets",
-    "register_task",
-]
-
 logger = logging.getLogger(__name__)
 
-# Images stay undecoded through `map` (no decode/re-encode); they are decoded lazily in DataLoader workers.
-_UNDECODED_FEATURES = Features(
+# The standard rows every source becomes. Images stay undecoded through `map` (no decode/re-encode); the loaders
+# cast them to decoding `Image()` features, so they decode lazily in DataLoader workers.
+ROW_FEATURES = Features(
     {
         "id": Value("string"),  # the source's question / row id, for predictions and submissions
         "image": Image(decode=False),
@@ -67,16 +51,12 @@ _UNDECODED_FEATURES = Features(
         "source": Value("string"),  # task / subset name, for per-source metrics in mixtures
     }
 )
-STANDARD_FEATURES = _UNDECODED_FEATURES.copy()
-STANDARD_FEATURES["image"] = Image()
 
 _LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 # What a streamed split may be: a whole split or a row range (a stream has no length, so no percentages).
 _STREAMED_SPLIT = re.compile(r"(?P<base>[^\[\]:]+)(?:\[(?P<start>\d*):(?P<stop>\d*)\])?")
 STREAMING_SHUFFLE_BUFFER = 1_000  # examples held by the streamed train set's shuffle buffer
 MIXTURE_KEYS = ("dataset", "config", "split", "eval_split", "weight", "fraction", "columns", "task", "name")
-# Mixture-wide eval metrics, defined for any text; each source also gets its own (eval_<source>_<metric>).
-MIXTURE_METRICS = ("exact_match", "levenshtein")
 
 
 # --- one source -----------------------------------------------------------------------------------------
@@ -194,7 +174,7 @@ def _standard_rows(
     streaming: bool = False,
     columns: Mapping[str, str] | None = None,
 ) -> Dataset | IterableDataset:
-    """Standard rows with undecoded images (`_UNDECODED_FEATURES`)."""
+    """Standard rows with undecoded images (`ROW_FEATURES`)."""
     raw, local_folder = _read_split(dataset_name, config, split, streaming)
     where = f"{dataset_name}{f' [{config}]' if config else ''} ({split})"
     if columns:
@@ -225,8 +205,8 @@ def _standard_rows(
     if streaming:
         # Typed after the map rather than by it: a stream typed by `map(features=...)` ignores later casts, so
         # its images would never decode (datasets 5.2).
-        return raw.map(**convert).cast(_UNDECODED_FEATURES)
-    return raw.map(**convert, features=_UNDECODED_FEATURES, num_proc=num_proc, desc=f"Standardising {where}")
+        return raw.map(**convert).cast(ROW_FEATURES)
+    return raw.map(**convert, features=ROW_FEATURES, num_proc=num_proc, desc=f"Standardising {where}")
 
 
 def load_task_split(
@@ -475,7 +455,7 @@ def load_eval_dataset(sources: list[DataSource], data_args: DataArguments) -> Da
     for source in sources:
         rows = _load_source(source, source.eval_split, data_args.max_eval_samples, data_args)
         if isinstance(rows, IterableDataset):
-            rows = Dataset.from_list(list(rows), features=_UNDECODED_FEATURES)
+            rows = Dataset.from_list(list(rows), features=ROW_FEATURES)
         logger.info("eval source %s: %d examples", source.name, len(rows))
         parts.append(rows)
     return mix_datasets(parts).cast_column("image", Image())

@@ -1,7 +1,7 @@
 """Inference with a fine-tuned Florence-2: load a checkpoint or LoRA adapter, generate, parse task outputs.
 
-Shared by `recipes/evaluate.py`, `recipes/predict.py` and `recipes/demo.py`, so that all three load and
-prompt a model exactly the same way.
+Shared by `recipes/evaluate.py`, `recipes/predict.py` and `recipes/demo.py`, so that all three load a model
+exactly the same way (evaluation then generates and scores through `FlorenceTrainer`, as the recipe does).
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from PIL import Image, ImageDraw
 from transformers import PreTrainedModel, ProcessorMixin
 from transformers.utils.peft_utils import find_adapter_config_file
 
-from florence_recipes.collator import to_rgb
 from florence_recipes.configs import ModelArguments
 from florence_recipes.errors import RecipeError, first_line
+from florence_recipes.images import to_rgb
 from florence_recipes.modeling import load_model, load_processor
+from florence_recipes.scoring import decode_texts
 from florence_recipes.tasks import DOCVQA_PROMPT
 
 logger = logging.getLogger(__name__)
@@ -92,24 +93,23 @@ def generate_ids(
     )
 
 
-def decode_answers(processor: ProcessorMixin, ids: torch.Tensor) -> list[str]:
-    """Plain-text answers, decoded as `GenerationMetrics` does so that scores match the training eval."""
-    return [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
-
-
 def parse_outputs(
     processor: ProcessorMixin, ids: torch.Tensor, task: str, image_sizes: Sequence[tuple[int, int]]
 ) -> list[str | dict[str, Any]]:
-    """Answers parsed with the processor's `post_process_generation`: text, or boxes/labels for region tasks.
+    """Answers of a batch: boxes/labels parsed with the processor's `post_process_generation` for region tasks,
+    and for text tasks the text exactly as the recipes' evaluation decodes it (`scoring.decode_texts`).
 
-    `<loc_i>` are ordinary tokens in Florence-2's tokenizer, so the ids are decoded with special tokens kept
+    `<loc_i>` are ordinary tokens in Florence-2's tokenizer, so the ids are parsed with special tokens kept
     (the parser strips `<s>`/`</s>`); only the batch padding is dropped first.
     """
     pad_id = processor.tokenizer.pad_token_id
+    sequences = [[i for i in sequence if i != pad_id] for sequence in ids.tolist()]
+    texts = decode_texts(processor.tokenizer, sequences)
     outputs: list[str | dict[str, Any]] = []
-    for sequence, size in zip(ids.tolist(), image_sizes, strict=True):
-        text = processor.decode([i for i in sequence if i != pad_id], skip_special_tokens=False)
-        outputs.append(processor.post_process_generation(text, task=task, image_size=size)[task])
+    for sequence, text, size in zip(sequences, texts, image_sizes, strict=True):
+        raw = processor.decode(sequence, skip_special_tokens=False)
+        parsed = processor.post_process_generation(raw, task=task, image_size=size)[task]
+        outputs.append(text if isinstance(parsed, str) else parsed)
     return outputs
 
 

@@ -32,16 +32,14 @@ from datasets import Dataset, Image
 from datasets.features.features import FeatureType
 from PIL import Image as PILImage
 
-from florence_recipes.collator import to_rgb
-from florence_recipes.detection import format_detection_target, image_size
+from florence_recipes.detection import format_detection_target
 from florence_recipes.errors import RecipeError
+from florence_recipes.images import image_size, to_rgb
 from florence_recipes.validation import as_text_list
 
 logger = logging.getLogger(__name__)
 
 STANDARD_COLUMNS = ("id", "image", "image_id", "prompt", "target", "answers", "tags", "source")
-NO_IMAGE_POLICIES = ("skip", "blank")
-MULTI_IMAGE_POLICIES = ("skip", "first", "concat")
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,11 @@ from datasets import Image as ImageFeature
 from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
+from florence_recipes.configs import BAD_SAMPLE_POLICIES
 from florence_recipes.errors import RecipeError, first_line
 
 logger = logging.getLogger(__name__)
 
-BAD_SAMPLE_POLICIES = ("raise", "skip")
 # Placeholder images (1x1 pixels of failed downloads) carry nothing to read; sides of 1 or 3 px are also
 # ambiguous for the image processor, which guesses the channel axis from the array shape.
 MIN_IMAGE_SIDE = 4

@@ -19,11 +19,11 @@ from accelerate import PartialState
 from PIL import Image
 from transformers import PreTrainedModel, ProcessorMixin
 
+from florence_recipes.cli import run_recipe
 from florence_recipes.configs import ModelArguments, RecipeArgumentParser
 from florence_recipes.errors import RecipeError
 from florence_recipes.inference import answer, draw_regions, load_for_inference
 from florence_recipes.tasks import DOCVQA_PROMPT
-from florence_recipes.training import run_recipe
 
 # (menu label, task token, whether the text box is used)
 TASK_CHOICES = (

@@ -22,11 +22,11 @@ from pathlib import Path
 from accelerate import PartialState
 from PIL import Image, UnidentifiedImageError
 
+from florence_recipes.cli import run_recipe
 from florence_recipes.configs import ModelArguments, RecipeArgumentParser
 from florence_recipes.errors import RecipeError, first_line
 from florence_recipes.inference import answer, build_prompt, draw_regions, load_for_inference
 from florence_recipes.tasks import DOCVQA_PROMPT
-from florence_recipes.training import run_recipe
 
 
 @dataclass

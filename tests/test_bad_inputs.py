@@ -23,10 +23,10 @@ from conftest import REPO_ROOT, run_recipe_subprocess
 from datasets import Dataset
 from PIL import Image
 
-from florence_recipes.collator import to_rgb
 from florence_recipes.configs import parse_recipe_args
 from florence_recipes.data import data_sources, load_train_dataset
 from florence_recipes.errors import RecipeError
+from florence_recipes.images import to_rgb
 from florence_recipes.validation import (
     as_text_list,
     bad_sample_metrics,

@@ -16,11 +16,18 @@ from florence_recipes.builders import (
     write_synthetic_detection,
     write_synthetic_vqa_jsonl,
 )
-from florence_recipes.data import STANDARD_COLUMNS, STANDARD_FEATURES, get_task, load_task_split
+from florence_recipes.data import ROW_FEATURES, load_task_split
 from florence_recipes.detection import format_detection_target
 from florence_recipes.errors import RecipeError
 from florence_recipes.metrics import ITEM_METRICS
-from florence_recipes.tasks import CAULDRON_FAMILIES, CAULDRON_SUBSET_METRICS, TASKS, cauldron_metric_table
+from florence_recipes.tasks import (
+    CAULDRON_FAMILIES,
+    CAULDRON_SUBSET_METRICS,
+    STANDARD_COLUMNS,
+    TASKS,
+    cauldron_metric_table,
+    get_task,
+)
 
 # The 50 configs of HuggingFaceM4/the_cauldron.
 CAULDRON_CONFIGS = [
@@ -80,7 +87,7 @@ def test_unknown_task_lists_the_valid_ones() -> None:
 
 
 def test_standard_features_list_the_standard_columns() -> None:
-    assert tuple(STANDARD_FEATURES) == STANDARD_COLUMNS
+    assert tuple(ROW_FEATURES) == STANDARD_COLUMNS
 
 
 def test_cauldron_metric_table_covers_all_50_subsets() -> None:
