@@ -213,6 +213,21 @@ class DataArguments:
             "choices": MULTI_IMAGE_POLICIES,
         },
     )
+    image_fraction: float = field(
+        default=1.0,
+        metadata={
+            "help": "Multi-turn sources (docmatix, cauldron): keep this seeded share of the training rows (images), "
+            "chosen by a hash of each row's turns and `seed`, so it works when streaming; mixture entries may set "
+            "their own `image_fraction`."
+        },
+    )
+    turn_fraction: float = field(
+        default=1.0,
+        metadata={
+            "help": "Multi-turn sources: keep this seeded share of each kept row's Q/A turns, independently of "
+            "image_fraction (image_fraction 0.2 + turn_fraction 0.2 = 20% of images, 4% of Q/A pairs)."
+        },
+    )
     on_bad_sample: str = field(
         default="raise",
         metadata={
@@ -241,6 +256,9 @@ class DataArguments:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value}")
+        for name in ("image_fraction", "turn_fraction"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         if self.max_target_length <= 2:
             raise ValueError(
                 f"max_target_length must leave room for <s> and </s>, got {self.max_target_length}"
