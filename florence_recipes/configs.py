@@ -333,6 +333,21 @@ class FlorenceTrainingArguments(Seq2SeqTrainingArguments):
             "parameter gets one in the full, frozen_vision and lora modes, so the search only costs time."
         },
     )
+    budget_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Print the run's budget (optimizer steps, samples seen, estimated H100 GPU-hours) and stop, "
+            "before any dataset or model is loaded (offline for Hub datasets of florence_recipes.budget)."
+        },
+    )
+    budget_world_size: int | None = field(
+        default=None,
+        metadata={"help": "GPUs the budget assumes (default: the processes launched); e.g. 8 for an 8-GPU plan."},
+    )
+    budget_mfu: float = field(
+        default=0.35,
+        metadata={"help": "Model FLOPs utilisation the budget's H100 GPU-hours assume (0..1)."},
+    )
     group_eval_by_length: bool = field(
         default=True,
         metadata={
@@ -345,6 +360,10 @@ class FlorenceTrainingArguments(Seq2SeqTrainingArguments):
         if self.dataloader_num_workers == 0:
             # Persistent workers need workers; 0 means the main process loads the data.
             self.dataloader_persistent_workers = False
+        if not 0 < self.budget_mfu <= 1:
+            raise ValueError(f"budget_mfu must be in (0, 1], got {self.budget_mfu}")
+        if self.budget_world_size is not None and self.budget_world_size < 1:
+            raise ValueError(f"budget_world_size must be >= 1, got {self.budget_world_size}")
         if self.nonfinite_loss_patience < 0:
             raise ValueError(f"nonfinite_loss_patience must be >= 0, got {self.nonfinite_loss_patience}")
         # Checked before the parent's __post_init__, whose own messages are a device error (bf16 on CPU) or a
