@@ -34,7 +34,6 @@ from transformers import Florence2Config, Florence2ForConditionalGeneration
 
 from florence_recipes.benchmark import CUDA_PEAK_TFLOPS, count_flops
 from florence_recipes.builders.model import ARCHITECTURES, build_config, image_seq_length
-from florence_recipes.errors import RecipeError
 
 if TYPE_CHECKING:
     from florence_recipes.configs import DataArguments, FlorenceTrainingArguments, ModelArguments
@@ -163,7 +162,7 @@ def _stored_flops(size: str) -> SampleFlops:
     return SampleFlops(entry["vision_forward"], entry["full_train"], entry["frozen_vision_train"])
 
 
-def model_flops(model_name_or_path: str) -> tuple[SampleFlops, str]:
+def model_flops(model_name_or_path: str) -> tuple[SampleFlops | None, str]:
     """FLOPs per sample for a checkpoint: counted fresh from a local folder's config.json, else the stored
     count of the size its name says (a stage-2 recipe names a stage-1 output folder that does not exist yet)."""
     folder = Path(model_name_or_path).expanduser()
@@ -175,14 +174,14 @@ def model_flops(model_name_or_path: str) -> tuple[SampleFlops, str]:
             size = json.loads(preprocessor.read_text()).get("size") or {}
             image_size = int(size.get("height", image_size))
         return count_sample_flops(config, image_size), f"counted from {folder}/config.json at {image_size} px"
-    name = model_name_or_path.lower()
-    for size in ("large", "base"):
+    name = Path(model_name_or_path).name.lower()
+    for size in ("large", "base", "tiny"):
         if size in name:
-            return _stored_flops(size), f"Florence-2-{size}, 768 px (florence_recipes.budget.MODEL_FLOPS)"
-    raise RecipeError(
-        f"budget: cannot tell the size of {model_name_or_path!r}; name a local folder with config.json or a "
-        "checkpoint whose name says base or large"
-    )
+            entry = MODEL_FLOPS[size]
+            return _stored_flops(size), (
+                f"{size} architecture, {entry['image_size']} px, florence_recipes.budget.MODEL_FLOPS"
+            )
+    return None, f"unknown: {model_name_or_path!r} is no local folder and its name says no size (base/large)"
 
 
 # --- samples per epoch -------------------------------------------------------------------------------------
@@ -229,7 +228,7 @@ class Budget:
     samples_source: str
     optimizer_steps: int | None
     samples_seen: float | None
-    flops_per_sample: int
+    flops_per_sample: int | None
     total_flops: float | None
     mfu: float
     h100_hours: float | None
@@ -239,14 +238,15 @@ class Budget:
             return "unknown" if value is None else f"{value:,.0f}{unit}"
 
         hours = "unknown" if self.h100_hours is None else f"{self.h100_hours:,.2f}"
+        per_sample = "unknown" if self.flops_per_sample is None else f"{self.flops_per_sample / 1e12:.3f}"
         return [
-            f"model: {self.model} ({self.mode}); FLOPs/sample {self.flops_per_sample / 1e12:.3f} TFLOP "
+            f"model: {self.model} ({self.mode}); FLOPs/sample {per_sample} TFLOP "
             f"(forward + backward; {self.flops_source})",
             f"GPUs: {self.world_size}; global batch {self.global_batch}",
             f"samples per epoch: {number(self.samples_per_epoch)} ({self.samples_source})",
             f"optimizer steps: {number(self.optimizer_steps)}",
             f"samples seen: {number(self.samples_seen)}",
-            f"estimated H100 GPU-hours: {hours} at {self.mfu:.0%} MFU of {H100_PEAK_TFLOPS:.0f} TFLOP/s bf16 "
+            f"estimated H100 GPU-hours: {hours} at {self.mfu:.1%} MFU of {H100_PEAK_TFLOPS:.0f} TFLOP/s bf16 "
             f"(total {number(None if self.total_flops is None else self.total_flops / 1e15)} PFLOP)",
         ]
 
@@ -289,8 +289,10 @@ def compute_budget(
     flops, flops_source = model_flops(model_args.model_name_or_path)
     # The vision tower runs once per image of a batch only with image-grouped batches of a map-style dataset.
     shares_images = training_args.dedup_vision and training_args.group_by_image and not streamed
-    flops_per_sample = flops.per_sample(model_args.training_mode, per_image if shares_images else 1.0)
-    total = None if samples_seen is None else samples_seen * flops_per_sample
+    flops_per_sample = (
+        None if flops is None else flops.per_sample(model_args.training_mode, per_image if shares_images else 1.0)
+    )
+    total = None if samples_seen is None or flops_per_sample is None else samples_seen * flops_per_sample
     mfu = training_args.budget_mfu
     hours = None if total is None else total / (H100_PEAK_TFLOPS * 1e12 * mfu) / 3600
     return Budget(

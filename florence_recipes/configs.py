@@ -360,6 +360,9 @@ class FlorenceTrainingArguments(Seq2SeqTrainingArguments):
         if self.dataloader_num_workers == 0:
             # Persistent workers need workers; 0 means the main process loads the data.
             self.dataloader_persistent_workers = False
+        if self.budget_only:
+            # Nothing trains: a GPU recipe (bf16) prints its budget on any machine, the laptop included.
+            self.use_cpu = True
         if not 0 < self.budget_mfu <= 1:
             raise ValueError(f"budget_mfu must be in (0, 1], got {self.budget_mfu}")
         if self.budget_world_size is not None and self.budget_world_size < 1:

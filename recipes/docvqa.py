@@ -20,6 +20,7 @@ import logging
 
 from transformers import set_seed
 
+from florence_recipes.budget import report_budget
 from florence_recipes.builders import build_offline_fixtures
 from florence_recipes.callbacks import NonFiniteLossGuard
 from florence_recipes.collator import Florence2Collator
@@ -67,6 +68,8 @@ def main() -> None:
         with training_args.main_process_first(desc="building offline fixtures"):
             for source in sources:
                 build_offline_fixtures(model_args.model_name_or_path, source.dataset, source.task.name)
+    if report_budget(model_args, data_args, training_args, sources):  # steps, samples, H100-hours
+        return  # --budget_only true
     set_seed(training_args.seed)
 
     ##############
