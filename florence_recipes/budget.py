@@ -26,7 +26,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import datasets
 import torch
@@ -48,7 +48,9 @@ DEFAULT_MFU = 0.35  # FlorenceTrainingArguments.budget_mfu defaults to it
 # One training sample as the FLOPs are counted: DocVQA-like prompt and answer lengths (README "Speed").
 SAMPLE_SHAPE = {"prompt_tokens": 20, "target_tokens": 12}
 RELEASED_VOCAB_SIZE = 51_289  # Florence-2's tokenizer (base and large)
-RELEASED_IMAGE_TOKEN_ID = RELEASED_VOCAB_SIZE - 1  # any id inside the vocabulary: it does not change the FLOPs
+RELEASED_IMAGE_TOKEN_ID = (
+    RELEASED_VOCAB_SIZE - 1
+)  # any id inside the vocabulary: it does not change the FLOPs
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,9 @@ class SplitSize:
     source: str
 
 
-DOCVQA = "DocVQA paper (Mathew et al., WACV 2021, Table 1): 39,463 / 5,349 / 5,188 questions, 10,194 train images"
+DOCVQA = (
+    "DocVQA paper (Mathew et al., WACV 2021, Table 1): 39,463 / 5,349 / 5,188 questions, 10,194 train images"
+)
 DOCMATIX = (
     "Docmatix release post (2.4M images, 9.5M Q/A pairs from 1.3M PDFs) and the dataset viewer "
     "(config images, split train: 1.27M rows, rounded)"
@@ -69,13 +73,24 @@ KNOWN_SPLITS: dict[tuple[str, str | None, str], SplitSize] = {
     ("HuggingFaceM4/DocumentVQA", None, "train"): SplitSize(39_463, 1.0, 10_194, DOCVQA),
     ("HuggingFaceM4/DocumentVQA", None, "validation"): SplitSize(5_349, 1.0, None, DOCVQA),
     ("HuggingFaceM4/DocumentVQA", None, "test"): SplitSize(5_188, 1.0, None, DOCVQA),
-    ("HuggingFaceM4/Docmatix", "images", "train"): SplitSize(1_270_000, 9_500_000 / 1_270_000, None, DOCMATIX),
+    ("HuggingFaceM4/Docmatix", "images", "train"): SplitSize(
+        1_270_000, 9_500_000 / 1_270_000, None, DOCMATIX
+    ),
 }
 
 # Counted by `python -m florence_recipes.budget --regenerate` (torch FlopCounterMode), for one
 # sample of SAMPLE_SHAPE: vision_forward = DaViT tower + projector; full_train / frozen_vision_train = forward +
 # backward of the whole model with everything trainable / with the vision tower and projector frozen.
-MODEL_FLOPS: dict[str, dict[str, int]] = {}  # filled below by the regenerated table
+# The table: `python -m florence_recipes.budget --regenerate`, torch 2.14.1, transformers 5.24.0, 2026-12-01
+# (9 min on a shared 2-core CPU, 12.5 GB peak memory; base: 1.87 TFLOP per sample; the 1.81 measured earlier was
+# counted with the stand-in's smaller vocabulary)
+# fmt: off
+MODEL_FLOPS: dict[str, dict[str, int]] = {
+    "tiny": {"image_size": 128, "vocab_size": 1600, "vision_forward": 51093504, "full_train": 235365120, "frozen_vision_train": 86057728},
+    "base": {"image_size": 768, "vocab_size": 51289, "vision_forward": 380683419648, "full_train": 1873789387776, "frozen_vision_train": 588021826560},
+    "large": {"image_size": 768, "vocab_size": 51289, "vision_forward": 1490371477504, "full_train": 7273636773888, "frozen_vision_train": 2200415322112},
+}
+# fmt: on
 
 
 @dataclass(frozen=True)
@@ -141,20 +156,6 @@ def regenerate_table(sizes: tuple[str, ...] = ("tiny", "base", "large")) -> dict
         flops = count_sample_flops(build_config(size, vocab, image_token), image_size)
         table[size] = {"image_size": image_size, "vocab_size": vocab, **asdict(flops)}
     return table
-
-
-# --- the table: `python -m florence_recipes.budget --regenerate`, torch 2.14.1, transformers 5.24.0, 2026-12-01 ------
-# (9 min on a shared 2-core CPU, 12.5 GB peak memory; base: 1.87 TFLOP per sample, the README's 1.81 was
-# counted with the stand-in's smaller vocabulary)
-MODEL_FLOPS.update(
-    {
-        # fmt: off
-        "tiny": {"image_size": 128, "vocab_size": 1600, "vision_forward": 51093504, "full_train": 235365120, "frozen_vision_train": 86057728},
-        "base": {"image_size": 768, "vocab_size": 51289, "vision_forward": 380683419648, "full_train": 1873789387776, "frozen_vision_train": 588021826560},
-        "large": {"image_size": 768, "vocab_size": 51289, "vision_forward": 1490371477504, "full_train": 7273636773888, "frozen_vision_train": 2200415322112},
-        # fmt: on
-    }
-)
 
 
 def _stored_flops(size: str) -> SampleFlops:
@@ -258,7 +259,9 @@ def compute_budget(
     sources: list[DataSource],
 ) -> Budget:
     world_size = training_args.budget_world_size or training_args.world_size
-    global_batch = training_args.per_device_train_batch_size * world_size * training_args.gradient_accumulation_steps
+    global_batch = (
+        training_args.per_device_train_batch_size * world_size * training_args.gradient_accumulation_steps
+    )
     streamed = data_args.streaming
     known = [_known_examples(source, data_args.max_train_samples) for source in sources]
     per_image, samples_source = 1.0, "unknown: not in florence_recipes.budget.KNOWN_SPLITS"
@@ -290,7 +293,9 @@ def compute_budget(
     # The vision tower runs once per image of a batch only with image-grouped batches of a map-style dataset.
     shares_images = training_args.dedup_vision and training_args.group_by_image and not streamed
     flops_per_sample = (
-        None if flops is None else flops.per_sample(model_args.training_mode, per_image if shares_images else 1.0)
+        None
+        if flops is None
+        else flops.per_sample(model_args.training_mode, per_image if shares_images else 1.0)
     )
     total = None if samples_seen is None or flops_per_sample is None else samples_seen * flops_per_sample
     mfu = training_args.budget_mfu
@@ -328,13 +333,17 @@ def report_budget(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Regenerate florence_recipes.budget.MODEL_FLOPS")
-    parser.add_argument("--regenerate", action="store_true", help="count FLOPs per sample and print the table")
-    parser.add_argument("--sizes", nargs="+", default=["tiny", "base", "large"], choices=sorted(ARCHITECTURES))
+    parser.add_argument(
+        "--regenerate", action="store_true", help="count FLOPs per sample and print the table"
+    )
+    parser.add_argument(
+        "--sizes", nargs="+", default=["tiny", "base", "large"], choices=sorted(ARCHITECTURES)
+    )
     args = parser.parse_args(argv)
     if not args.regenerate:
         parser.error("nothing to do: pass --regenerate")
     for size, entry in regenerate_table(tuple(args.sizes)).items():
-        print(f"        {json.dumps(size)}: {json.dumps(entry)},".replace("null", "None"))
+        print(f"    {json.dumps(size)}: {json.dumps(entry)},")
     print(f"# image tokens at 768 px: {image_seq_length(768)}")
 
 

@@ -342,7 +342,9 @@ class FlorenceTrainingArguments(Seq2SeqTrainingArguments):
     )
     budget_world_size: int | None = field(
         default=None,
-        metadata={"help": "GPUs the budget assumes (default: the processes launched); e.g. 8 for an 8-GPU plan."},
+        metadata={
+            "help": "GPUs the budget assumes (default: the processes launched); e.g. 8 for an 8-GPU plan."
+        },
     )
     budget_mfu: float = field(
         default=0.35,

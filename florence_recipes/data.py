@@ -189,12 +189,14 @@ def _absolute_paths(batch: dict[str, list[Any]], column: str, folder: str) -> di
     }
 
 
+def _unit_hash(seed: int, salt: str, key: str) -> float:
+    """A uniform number in [0, 1), fixed by (seed, salt, key): a seeded coin that needs no row order."""
+    digest = hashlib.blake2b(f"{seed}:{salt}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
 def _unit_hashes(seed: int, salt: str, keys: list[str]) -> list[float]:
-    """A uniform number in [0, 1) per key, fixed by (seed, salt, key): a seeded coin that needs no row order."""
-    return [
-        int.from_bytes(hashlib.blake2b(f"{seed}:{salt}:{key}".encode(), digest_size=8).digest(), "big") / 2**64
-        for key in keys
-    ]
+    return [_unit_hash(seed, salt, key) for key in keys]
 
 
 def _row_key(turns: list[dict[str, Any]] | None) -> str:
@@ -347,7 +349,7 @@ class DataSource:
     weight: float | None = None  # sampling weight when interleaving; None: concatenate
     fraction: float = 1.0  # share of the source's examples used (a seeded random subset)
     columns: Mapping[str, str] | None = None  # {task column: dataset column}
-    image_fraction: float = 1.0  # seeded share of the rows (images) of a multi-turn source, see subsample_turns
+    image_fraction: float = 1.0  # seeded share of a multi-turn source's rows (images), see subsample_turns
     turn_fraction: float = 1.0  # seeded share of each kept row's turns
 
     @property

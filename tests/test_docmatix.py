@@ -37,7 +37,7 @@ def _train_examples(
     args += ["--output_dir", str(tmp_path), "--do_train", "true", "--seed", str(seed), "--report_to", "none"]
     for name, value in fractions.items():
         args += [f"--{name}", str(value)]
-    model_args, data_args, training_args = parse_recipe_args(args)
+    _, data_args, training_args = parse_recipe_args(args)
     train = load_train_dataset(data_sources(data_args, training_args), data_args, training_args.seed)
     return list(train.select_columns(["id", "image_id", "prompt"]))
 
@@ -102,7 +102,9 @@ def test_docmatix_schema_is_checked(tmp_path: Path) -> None:
 
     pdf_rows = tmp_path / "pdf.jsonl"
     pdf_rows.write_text(json.dumps({"pdf": "x", "texts": [{"user": "q", "assistant": "a", "source": "s"}]}))
-    with pytest.raises(RecipeError, match=r"missing column\(s\) images needed by task 'docmatix'; found: pdf"):
+    with pytest.raises(
+        RecipeError, match=r"missing column\(s\) images needed by task 'docmatix'; found: pdf"
+    ):
         load_task_split(get_task("docmatix"), str(pdf_rows), "train")
     image = Path(tmp_path / "page.png")
     from PIL import Image
