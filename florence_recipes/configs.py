@@ -225,7 +225,7 @@ class DataArguments:
         default=1.0,
         metadata={
             "help": "Multi-turn sources: keep this seeded share of each kept row's Q/A turns, independently of "
-            "image_fraction (image_fraction 0.2 + turn_fraction 0.2 = 20% of images, 4% of Q/A pairs)."
+            "image_fraction (image_fraction 0.2 + turn_fraction 0.2: a fifth of the images, 0.04 of the Q/A pairs)."
         },
     )
     on_bad_sample: str = field(
