@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import datasets
 import torch
-from transformers import Florence2Config, Florence2ForConditionalGeneration
+from transformers import AutoImageProcessor, Florence2Config, Florence2ForConditionalGeneration
 
 from florence_recipes.benchmark import CUDA_PEAK_TFLOPS, count_flops
 from florence_recipes.builders.model import ARCHITECTURES, build_config, image_seq_length
@@ -169,11 +169,7 @@ def model_flops(model_name_or_path: str) -> tuple[SampleFlops | None, str]:
     folder = Path(model_name_or_path).expanduser()
     if (folder / "config.json").is_file():
         config = Florence2Config.from_pretrained(folder)
-        image_size = ARCHITECTURES["base"]["image_size"]
-        preprocessor = folder / "preprocessor_config.json"
-        if preprocessor.is_file():
-            size = json.loads(preprocessor.read_text()).get("size") or {}
-            image_size = int(size.get("height", image_size))
+        image_size = AutoImageProcessor.from_pretrained(folder).size["height"]  # the model's input size
         return count_sample_flops(config, image_size), f"counted from {folder}/config.json at {image_size} px"
     name = Path(model_name_or_path).name.lower()
     for size in ("large", "base", "tiny"):
@@ -323,11 +319,11 @@ def report_budget(
     training_args: FlorenceTrainingArguments,
     sources: list[DataSource],
 ) -> bool:
-    """Print the run's budget (main process) and return `budget_only`: True means stop here."""
-    if training_args.do_train or training_args.budget_only:
+    """Print the run's budget and return `budget_only` (True: stop here). Only the first process computes it:
+    no collective call, so the others go on to their own dataset loading meanwhile."""
+    if (training_args.do_train or training_args.budget_only) and training_args.process_index == 0:
         budget = compute_budget(model_args, data_args, training_args, sources)
-        if training_args.process_index == 0:
-            print("\n".join(["***** Budget *****", *(f"  {line}" for line in budget.lines())]), flush=True)
+        print("\n".join(["***** Budget *****", *(f"  {line}" for line in budget.lines())]), flush=True)
     return training_args.budget_only
 
 

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, run_recipe_subprocess
 
-from florence_recipes.budget import KNOWN_SPLITS, MODEL_FLOPS, SampleFlops, compute_budget, regenerate_table
+from florence_recipes.budget import (
+    KNOWN_SPLITS,
+    MODEL_FLOPS,
+    SampleFlops,
+    compute_budget,
+    model_flops,
+    regenerate_table,
+)
 from florence_recipes.configs import parse_recipe_args
 from florence_recipes.data import data_sources
 
@@ -80,3 +87,12 @@ def test_budget_only_prints_and_stops_before_loading_anything(tmp_path: Path) ->
     assert "***** Budget *****" in result.stdout and f"optimizer steps: {steps:,}" in result.stdout
     assert "estimated H100 GPU-hours: " in result.stdout and "unknown" not in result.stdout
     assert not output_dir.exists()
+
+
+def test_a_local_checkpoint_is_counted_from_its_own_config(tiny_model_dir: Path) -> None:
+    """The smoke recipes' tiny model: counted fresh at its processor's image size, equal to the stored count."""
+    flops, source = model_flops(str(tiny_model_dir))
+    assert flops == SampleFlops(
+        **{k: MODEL_FLOPS["tiny"][k] for k in ("vision_forward", "full_train", "frozen_vision_train")}
+    )
+    assert source.endswith("at 128 px")
