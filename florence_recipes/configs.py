@@ -213,6 +213,21 @@ class DataArguments:
             "choices": MULTI_IMAGE_POLICIES,
         },
     )
+    image_fraction: float = field(
+        default=1.0,
+        metadata={
+            "help": "Multi-turn sources (docmatix, cauldron): keep this seeded share of the training rows (images), "
+            "chosen by a hash of each row's turns and `seed`, so it works when streaming; mixture entries may set "
+            "their own `image_fraction`."
+        },
+    )
+    turn_fraction: float = field(
+        default=1.0,
+        metadata={
+            "help": "Multi-turn sources: keep this seeded share of each kept row's Q/A turns, independently of "
+            "image_fraction (image_fraction 0.2 + turn_fraction 0.2: a fifth of the images, 0.04 of the Q/A pairs)."
+        },
+    )
     on_bad_sample: str = field(
         default="raise",
         metadata={
@@ -241,6 +256,9 @@ class DataArguments:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value}")
+        for name in ("image_fraction", "turn_fraction"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         if self.max_target_length <= 2:
             raise ValueError(
                 f"max_target_length must leave room for <s> and </s>, got {self.max_target_length}"
@@ -315,6 +333,23 @@ class FlorenceTrainingArguments(Seq2SeqTrainingArguments):
             "parameter gets one in the full, frozen_vision and lora modes, so the search only costs time."
         },
     )
+    budget_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Print the run's budget (optimizer steps, samples seen, estimated H100 GPU-hours) and stop, "
+            "before any dataset or model is loaded (offline for Hub datasets of florence_recipes.budget)."
+        },
+    )
+    budget_world_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "GPUs the budget assumes (default: the processes launched); e.g. 8 for an 8-GPU plan."
+        },
+    )
+    budget_mfu: float = field(
+        default=0.35,
+        metadata={"help": "Model FLOPs utilisation the budget's H100 GPU-hours assume (0..1)."},
+    )
     group_eval_by_length: bool = field(
         default=True,
         metadata={
@@ -327,6 +362,13 @@ class FlorenceTrainingArguments(Seq2SeqTrainingArguments):
         if self.dataloader_num_workers == 0:
             # Persistent workers need workers; 0 means the main process loads the data.
             self.dataloader_persistent_workers = False
+        if self.budget_only:
+            # Nothing trains: a GPU recipe (bf16) prints its budget on any machine, the laptop included.
+            self.use_cpu = True
+        if not 0 < self.budget_mfu <= 1:
+            raise ValueError(f"budget_mfu must be in (0, 1], got {self.budget_mfu}")
+        if self.budget_world_size is not None and self.budget_world_size < 1:
+            raise ValueError(f"budget_world_size must be >= 1, got {self.budget_world_size}")
         if self.nonfinite_loss_patience < 0:
             raise ValueError(f"nonfinite_loss_patience must be >= 0, got {self.nonfinite_loss_patience}")
         # Checked before the parent's __post_init__, whose own messages are a device error (bf16 on CPU) or a

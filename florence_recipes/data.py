@@ -14,6 +14,8 @@ are then concatenated or interleaved by weight (`mix_datasets`), streamed or not
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 from collections import Counter
@@ -56,7 +58,10 @@ _LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 # What a streamed split may be: a whole split or a row range (a stream has no length, so no percentages).
 _STREAMED_SPLIT = re.compile(r"(?P<base>[^\[\]:]+)(?:\[(?P<start>\d*):(?P<stop>\d*)\])?")
 STREAMING_SHUFFLE_BUFFER = 1_000  # examples held by the streamed train set's shuffle buffer
-MIXTURE_KEYS = ("dataset", "config", "split", "eval_split", "weight", "fraction", "columns", "task", "name")
+MIXTURE_KEYS = (
+    "dataset", "config", "split", "eval_split", "weight", "fraction", "columns", "task", "name",
+    "image_fraction", "turn_fraction",
+)  # fmt: skip
 
 
 # --- one source -----------------------------------------------------------------------------------------
@@ -163,6 +168,63 @@ def _absolute_paths(batch: dict[str, list[Any]], column: str, folder: str) -> di
     }
 
 
+def _unit_hash(seed: int, salt: str, key: str) -> float:
+    """A uniform number in [0, 1), fixed by (seed, salt, key): a seeded coin that needs no row order."""
+    digest = hashlib.blake2b(f"{seed}:{salt}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def _unit_hashes(seed: int, salt: str, keys: list[str]) -> list[float]:
+    return [_unit_hash(seed, salt, key) for key in keys]
+
+
+def _row_key(turns: list[dict[str, Any]] | None) -> str:
+    # Docmatix / Cauldron rows have no id column: a row is named by its turns' text, so the selection does not
+    # depend on row order, shards, workers or streaming.
+    return json.dumps([[t.get("user"), t.get("assistant"), t.get("source")] for t in turns or []])
+
+
+def _keep_rows(texts: list[Any], fraction: float, seed: int) -> list[bool]:
+    return [u < fraction for u in _unit_hashes(seed, "images", [_row_key(turns) for turns in texts])]
+
+
+def _keep_turns(texts: list[Any], fraction: float, seed: int) -> dict[str, list[Any]]:
+    kept = []
+    for turns in texts:
+        key = _row_key(turns)
+        coins = _unit_hashes(seed, "turns", [f"{key}:{number}" for number in range(len(turns or []))])
+        kept.append([turn for turn, u in zip(turns or [], coins, strict=True) if u < fraction])
+    return {"texts": kept}
+
+
+def subsample_turns(
+    raw: Dataset | IterableDataset, image_fraction: float, turn_fraction: float, seed: int
+) -> Dataset | IterableDataset:
+    """Rows in The Cauldron's layout (`images`, `texts`): keep each row with probability `image_fraction`,
+    then each of its turns with probability `turn_fraction`, independent seeded coins (a hash of the row's
+    turns, `seed` and the turn number). Lazy on a stream; images stay undecoded."""
+    if image_fraction < 1:
+        raw = raw.filter(
+            _keep_rows,
+            batched=True,
+            input_columns=["texts"],
+            fn_kwargs={"fraction": image_fraction, "seed": seed},
+        )
+    if turn_fraction < 1:
+        raw = raw.map(
+            _keep_turns,
+            batched=True,
+            input_columns=["texts"],
+            fn_kwargs={"fraction": turn_fraction, "seed": seed},
+            features=raw.features,  # unchanged; a stream would otherwise forget its columns
+        )
+    return raw
+
+
+def _is_turn_layout(task: Task) -> bool:
+    return task.image_column == "images" and "texts" in task.required_columns
+
+
 def _standard_rows(
     task: Task,
     dataset_name: str,
@@ -173,8 +235,10 @@ def _standard_rows(
     num_proc: int | None = None,
     streaming: bool = False,
     columns: Mapping[str, str] | None = None,
+    subsample: tuple[float, float, int] | None = None,
 ) -> Dataset | IterableDataset:
-    """Standard rows with undecoded images (`ROW_FEATURES`)."""
+    """Standard rows with undecoded images (`ROW_FEATURES`); `subsample` = (image_fraction,
+    turn_fraction, seed) for `subsample_turns`."""
     raw, local_folder = _read_split(dataset_name, config, split, streaming)
     where = f"{dataset_name}{f' [{config}]' if config else ''} ({split})"
     if columns:
@@ -193,6 +257,8 @@ def _standard_rows(
     if max_samples is not None:
         raw = raw.take(max_samples) if streaming else raw.select(range(min(max_samples, len(raw))))
     raw = raw.cast_column(task.image_column, task.image_feature)
+    if subsample is not None:
+        raw = subsample_turns(raw, *subsample)
     if task.describe_rows is not None and not streaming:
         logger.info(task.describe_rows(raw, context))
     convert: dict[str, Any] = {
@@ -262,6 +328,8 @@ class DataSource:
     weight: float | None = None  # sampling weight when interleaving; None: concatenate
     fraction: float = 1.0  # share of the source's examples used (a seeded random subset)
     columns: Mapping[str, str] | None = None  # {task column: dataset column}
+    image_fraction: float = 1.0  # seeded share of a multi-turn source's rows (images), see subsample_turns
+    turn_fraction: float = 1.0  # seeded share of each kept row's turns
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -312,6 +380,12 @@ def _parse_entry(index: int, entry: Any, data_args: DataArguments) -> DataSource
         task.metrics_for(config)  # an unknown or missing Cauldron subset fails here, before any download
     except RecipeError as err:
         raise RecipeError(f"{where}: {err}") from None
+    image_fraction, turn_fraction = _turn_fractions(
+        task,
+        entry.get("image_fraction", data_args.image_fraction),
+        entry.get("turn_fraction", data_args.turn_fraction),
+        where,
+    )
     return DataSource(
         task=task,
         dataset=dataset,
@@ -322,7 +396,21 @@ def _parse_entry(index: int, entry: Any, data_args: DataArguments) -> DataSource
         weight=None if weight is None else float(weight),
         fraction=float(fraction),
         columns=columns,
+        image_fraction=image_fraction,
+        turn_fraction=turn_fraction,
     )
+
+
+def _turn_fractions(task: Task, image_fraction: Any, turn_fraction: Any, where: str) -> tuple[float, float]:
+    for key, value in (("image_fraction", image_fraction), ("turn_fraction", turn_fraction)):
+        if not (_is_number(value) and 0 < value <= 1):
+            raise RecipeError(f"{where}: `{key}` must be a number in (0, 1], got {value!r}")
+    if (image_fraction < 1 or turn_fraction < 1) and not _is_turn_layout(task):
+        raise RecipeError(
+            f"{where}: image_fraction / turn_fraction need a multi-turn source (rows of images + texts, e.g. "
+            f"task docmatix or cauldron); task {task.name!r} has one question per row: use `fraction`"
+        )
+    return float(image_fraction), float(turn_fraction)
 
 
 def _parse_mixture(data_args: DataArguments) -> list[DataSource]:
@@ -376,6 +464,9 @@ def data_sources(data_args: DataArguments, training_args: TrainingArguments) -> 
     if data_args.dataset_mixture is None:
         task = get_task(data_args.task)
         task.metrics_for(data_args.dataset_config)
+        image_fraction, turn_fraction = _turn_fractions(
+            task, data_args.image_fraction, data_args.turn_fraction, data_args.dataset_name
+        )
         sources = [
             DataSource(
                 task=task,
@@ -384,6 +475,8 @@ def data_sources(data_args: DataArguments, training_args: TrainingArguments) -> 
                 split=data_args.train_split,
                 eval_split=data_args.eval_split,
                 name=task.source_name(data_args.dataset_config),
+                image_fraction=image_fraction,
+                turn_fraction=turn_fraction,
             )
         ]
     else:
@@ -394,8 +487,13 @@ def data_sources(data_args: DataArguments, training_args: TrainingArguments) -> 
 
 
 def _load_source(
-    source: DataSource, split: str, max_samples: int | None, data_args: DataArguments
+    source: DataSource,
+    split: str,
+    max_samples: int | None,
+    data_args: DataArguments,
+    subsample_seed: int | None = None,
 ) -> Dataset | IterableDataset:
+    """`subsample_seed`: apply the source's image/turn fractions with this seed (training splits)."""
     context = SourceContext(source.name, split, data_args.no_image_policy, data_args.multi_image_policy)
     return _standard_rows(
         source.task,
@@ -407,6 +505,9 @@ def _load_source(
         num_proc=data_args.preprocessing_num_workers,
         streaming=data_args.streaming,
         columns=source.columns,
+        subsample=None
+        if subsample_seed is None or (source.image_fraction == 1 and source.turn_fraction == 1)
+        else (source.image_fraction, source.turn_fraction, subsample_seed),
     )
 
 
@@ -435,7 +536,7 @@ def load_train_dataset(
     """The training examples of all sources, mixed (see `mix_datasets`); streamed if `data_args.streaming`."""
     parts = []
     for source in sources:
-        rows = _load_source(source, source.split, data_args.max_train_samples, data_args)
+        rows = _load_source(source, source.split, data_args.max_train_samples, data_args, subsample_seed=seed)
         if source.fraction < 1:
             rows = rows.shuffle(seed=seed).select(range(max(1, round(source.fraction * len(rows)))))
         if not data_args.streaming:

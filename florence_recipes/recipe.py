@@ -11,6 +11,7 @@ import logging
 
 from transformers import set_seed
 
+from florence_recipes.budget import report_budget
 from florence_recipes.builders import build_offline_fixtures
 from florence_recipes.checkpoints import resolve_checkpoint
 from florence_recipes.cli import setup_logging
@@ -47,6 +48,8 @@ def main() -> None:
         with training_args.main_process_first(desc="building offline fixtures"):
             for source in sources:
                 build_offline_fixtures(model_args.model_name_or_path, source.dataset, source.task.name)
+    if report_budget(model_args, data_args, training_args, sources):  # steps, samples, H100-hours
+        return  # --budget_only true
     set_seed(training_args.seed)
 
     ##############

@@ -9,6 +9,7 @@ batch of source rows (images undecoded: `{"bytes", "path"}` dicts), their row in
 |-------------|-----------------------------------------------------------|---------------------------------|---------|
 | `docvqa`    | HuggingFaceM4/DocumentVQA                                 | `<DocVQA>` + question           | ANLS |
 | `cauldron`  | any HuggingFaceM4/the_cauldron subset (`dataset_config`)  | each user turn                  | by subset family: `CAULDRON_FAMILIES` |
+| `docmatix`  | HuggingFaceM4/Docmatix (`dataset_config: images`)         | `<DocVQA>` + each user turn     | ANLS |
 | `vqa`       | your data: `image`, `prompt` or `question`, `answer(s)`   | prompt, or `<VQA>` + question   | ANLS, VQA accuracy |
 | `caption`   | your data: `image`, `caption` (optional `prompt`)         | `<CAPTION>`                     | Levenshtein similarity |
 | `ocr`       | your data: `image`, `text` (optional `prompt`)            | `<OCR>`                         | Levenshtein similarity |
@@ -301,6 +302,49 @@ register_task(
         example_prompt="Question: Which stage comes after the egg?\nAnswer with the letter.",
         image_feature=[Image(decode=False)],  # a list of images per row
         subset_metrics=CAULDRON_SUBSET_METRICS,
+        describe_rows=_describe_cauldron,
+    )
+)
+
+
+# --- Docmatix ---------------------------------------------------------------------------------------------
+
+# HuggingFaceM4/Docmatix (dataset card `configs`, commit 83fbac1, July 2024; dataset viewer): config `images`
+# (split train, ~1.27M rows, one PDF per row: its page images + its Q/A turns; 2.4M images, 9.5M Q/A pairs),
+# `pdf` (the same rows with PDF bytes instead of images: not usable here) and `zero-shot-exp` (train 1,700 /
+# test 200 rows). `images` rows are in The Cauldron's layout, so the Cauldron converter serves once each turn
+# is checked to be a {user, assistant, source} mapping. Set `dataset_config: images`. Prompts are `<DocVQA>` +
+# question, as in the DocVQA task.
+DOCMATIX_TURN_KEYS = ("user", "assistant")
+
+
+def _convert_docmatix(
+    batch: dict[str, list[Any]], indices: list[int], context: SourceContext
+) -> dict[str, list[Any]]:
+    for index, turns in zip(indices, batch["texts"], strict=True):
+        for number, turn in enumerate(turns or []):
+            if not isinstance(turn, Mapping) or any(key not in turn for key in DOCMATIX_TURN_KEYS):
+                raise RecipeError(
+                    f"{context.name} ({context.split}) row {index}, turn {number}: expected a mapping with keys "
+                    f"{', '.join(DOCMATIX_TURN_KEYS)} (Docmatix / The Cauldron layout), got {turn!r:.200}"
+                )
+    out = _convert_cauldron(batch, indices, context)
+    # The DocVQA task's prompt, so that a Docmatix stage and a DocVQA stage train one and the same behaviour.
+    out["prompt"] = [DOCVQA_PROMPT + prompt if prompt else "" for prompt in out["prompt"]]
+    return out
+
+
+register_task(
+    Task(
+        name="docmatix",
+        description="HuggingFaceM4/Docmatix (dataset_config: images): one example per Q/A turn of each PDF.",
+        default_dataset="HuggingFaceM4/Docmatix",
+        image_column="images",
+        required_columns=("images", "texts"),
+        convert_batch=_convert_docmatix,
+        metrics=("anls", "exact_match"),
+        example_prompt=DOCVQA_PROMPT + "What is the invoice number?",
+        image_feature=[Image(decode=False)],
         describe_rows=_describe_cauldron,
     )
 )

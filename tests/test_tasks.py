@@ -78,10 +78,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 def test_unknown_task_lists_the_valid_ones() -> None:
     with pytest.raises(
         RecipeError,
-        match=r"^unknown task 'docqa'; valid tasks: caption, cauldron, detection, docvqa, grounding",
+        match=r"^unknown task 'docqa'; valid tasks: caption, cauldron, detection, docmatix, docvqa, grounding",
     ):
         get_task("docqa")
-    assert set(TASKS) == {"docvqa", "cauldron", "vqa", "caption", "ocr", "detection", "grounding"}
+    assert set(TASKS) == {"docvqa", "cauldron", "docmatix", "vqa", "caption", "ocr", "detection", "grounding"}
     for task in TASKS.values():  # every text task names registered metrics; box tasks are scored with mAP
         assert set(task.metrics) <= set(ITEM_METRICS) and bool(task.metrics) != bool(task.box_task)
 

@@ -14,6 +14,7 @@ from florence_recipes.builders.datasets import (
     write_synthetic_docvqa,
     write_synthetic_vqa_jsonl,
 )
+from florence_recipes.builders.docmatix import write_synthetic_docmatix
 from florence_recipes.builders.model import BUILD_MARKER, build_random_florence2
 from florence_recipes.errors import RecipeError
 
@@ -21,6 +22,7 @@ from florence_recipes.errors import RecipeError
 DATASET_BUILDERS = {
     "docvqa": write_synthetic_docvqa,
     "cauldron": write_synthetic_cauldron,
+    "docmatix": write_synthetic_docmatix,
     "vqa": write_synthetic_vqa_jsonl,
     "detection": write_synthetic_detection,
 }
@@ -52,6 +54,7 @@ __all__ = [
     "build_random_florence2",
     "write_synthetic_cauldron",
     "write_synthetic_detection",
+    "write_synthetic_docmatix",
     "write_synthetic_docvqa",
     "write_synthetic_vqa_jsonl",
 ]
