@@ -19,10 +19,12 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from florence_recipes.builders.model import BUILD_MARKER, build_random_florence2
-from florence_recipes.legacy import NATIVE_TIED, to_legacy_key, to_legacy_state_dict
+from florence_recipes.builders.model import build_random_florence2
 
 LEGACY_BUILD_VERSION = 1
+# Not `BUILD_MARKER`: `build_offline_fixtures` rebuilds folders holding that one as the tiny native model, and a
+# legacy fixture handed to a smoke recipe as `model_name_or_path` must be used as it is.
+LEGACY_BUILD_MARKER = ".florence_recipes_legacy_build.json"
 _REMOTE_CODE = ("configuration_florence2.py", "modeling_florence2.py", "processing_florence2.py")
 _AUTO_MAP = {
     "AutoConfig": "configuration_florence2.Florence2Config",
@@ -88,6 +90,9 @@ def write_legacy_florence2(native_dir: str | Path, out_dir: str | Path, weights_
     `weights_format="bin"` writes `pytorch_model.bin` with every tensor, as the releases ship; "safetensors"
     writes `model.safetensors` without the tied aliases, as fine-tunes saved by the Trainer do.
     """
+    # Imported here: florence_recipes.legacy imports the builders package (for the tokenizer layout).
+    from florence_recipes.legacy import NATIVE_TIED, to_legacy_key, to_legacy_state_dict
+
     native_dir, out_dir = Path(native_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     native_config = json.loads((native_dir / "config.json").read_text())
@@ -146,7 +151,7 @@ def build_legacy_florence2(
     """A random Florence-2 of `size` in the original layout at `out_dir` (idempotent, like `build_random_florence2`)."""
     out_dir = Path(out_dir)
     spec = {"legacy": LEGACY_BUILD_VERSION, "size": size, "weights": weights_format, "seed": seed}
-    marker = out_dir / BUILD_MARKER
+    marker = out_dir / LEGACY_BUILD_MARKER
     if marker.is_file() and json.loads(marker.read_text()) == spec:
         return out_dir
     with tempfile.TemporaryDirectory() as tmp:
