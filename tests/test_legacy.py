@@ -128,7 +128,10 @@ def test_stand_in_tokenizer_and_processor_match_the_release() -> None:
     }
     assert (image["resample"], image["do_center_crop"], image["do_rescale"]) == (3, False, True)
     assert image["rescale_factor"] == pytest.approx(1 / 255)
-    assert (image["image_mean"], image["image_std"]) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    assert (list(image["image_mean"]), list(image["image_std"])) == (
+        [0.485, 0.456, 0.406],
+        [0.229, 0.224, 0.225],
+    )
     assert image["image_seq_length"] == processor.num_image_tokens == 577
     batch = processor(text=["<OCR>"], images=[Image.new("RGB", (100, 60))], return_tensors="pt")
     assert batch["pixel_values"].shape == (1, 3, 768, 768)
@@ -281,7 +284,12 @@ def test_converted_model_generates_what_the_native_one_does(
             text=["<DocVQA>What is the total?", "<OD>"], images=images, return_tensors="pt", padding=True
         )["input_ids"],
     )
-    for settings in ({"num_beams": 1}, {"num_beams": 3, "no_repeat_ngram_size": 3}):
+    # Explicit settings: the converted generation defaults are the original's (text_config: 3 beams, no
+    # repeated trigrams), the native stand-in's are greedy.
+    for settings in (
+        {"num_beams": 1, "no_repeat_ngram_size": 0},
+        {"num_beams": 3, "no_repeat_ngram_size": 3},
+    ):
         expected = native.generate(**batch, max_new_tokens=12, **settings)
         got = converted.generate(**batch, max_new_tokens=12, **settings)
         assert torch.equal(expected, got)
@@ -349,6 +357,7 @@ def test_lora_adapter_on_original_names_is_converted(
     config = LoraConfig(r=4, target_modules=["q_proj", "v_proj", "qkv"], init_lora_weights=False)
     peft_model = get_peft_model(native, config)
     peft_model.save_pretrained(tmp_path / "native-adapter")
+    AutoProcessor.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "native-adapter")  # as the recipes do
     adapter = json.loads((tmp_path / "native-adapter" / "adapter_config.json").read_text())
     adapter["base_model_name_or_path"] = str(tiny_model_dir)
     (tmp_path / "native-adapter" / "adapter_config.json").write_text(json.dumps(adapter))
