@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import runpy
 import shutil
 import subprocess
 import sys
@@ -284,8 +285,7 @@ def test_converted_model_generates_what_the_native_one_does(
             text=["<DocVQA>What is the total?", "<OD>"], images=images, return_tensors="pt", padding=True
         )["input_ids"],
     )
-    # Explicit settings: the converted generation defaults are the original's (text_config: 3 beams, no
-    # repeated trigrams), the native stand-in's are greedy.
+    # Explicit settings, so that only the weights and the processor decide.
     for settings in (
         {"num_beams": 1, "no_repeat_ngram_size": 0},
         {"num_beams": 3, "no_repeat_ngram_size": 3},
@@ -357,7 +357,9 @@ def test_lora_adapter_on_original_names_is_converted(
     config = LoraConfig(r=4, target_modules=["q_proj", "v_proj", "qkv"], init_lora_weights=False)
     peft_model = get_peft_model(native, config)
     peft_model.save_pretrained(tmp_path / "native-adapter")
-    AutoProcessor.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "native-adapter")  # as the recipes do
+    AutoProcessor.from_pretrained(tiny_model_dir).save_pretrained(
+        tmp_path / "native-adapter"
+    )  # as the recipes do
     adapter = json.loads((tmp_path / "native-adapter" / "adapter_config.json").read_text())
     adapter["base_model_name_or_path"] = str(tiny_model_dir)
     (tmp_path / "native-adapter" / "adapter_config.json").write_text(json.dumps(adapter))
@@ -404,33 +406,56 @@ def test_lora_adapter_on_original_names_is_converted(
         load_for_inference(ModelArguments(model_name_or_path=str(legacy_adapter)))
 
 
+def run_script(monkeypatch: pytest.MonkeyPatch, script: str, *args: str) -> None:
+    """`python recipes/<script> ARGS` in this process (a subprocess would spend most of its time importing)."""
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    runpy.run_path(str(REPO_ROOT / "recipes" / script), run_name="__main__")
+
+
 def test_convert_legacy_script_round_trips(
-    legacy_dirs: dict[str, Path], tiny_model_dir: Path, tmp_path: Path
+    legacy_dirs: dict[str, Path],
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "native"
-    result = subprocess.run(
-        [sys.executable, "recipes/convert_legacy.py", "--model_name_or_path", str(legacy_dirs["safetensors"]), "--output_dir", str(out)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert re.search(
-        r"Converted original-layout \(remote-code\) Florence-2 .* 241 weight tensors", result.stderr
+    run_script(
+        monkeypatch,
+        "convert_legacy.py",
+        "--model_name_or_path",
+        str(legacy_dirs["safetensors"]),
+        "--output_dir",
+        str(out),
     )
+    [line] = [r.getMessage() for r in caplog.records if r.name == "florence_recipes.legacy"]
+    assert re.search(r"Converted original-layout \(remote-code\) Florence-2 .* 241 weight tensors", line)
     before, after = (
         load_file(str(tiny_model_dir / "model.safetensors")),
         load_file(str(out / "model.safetensors")),
     )
     assert sorted(before) == sorted(after) and all(torch.equal(before[k], after[k]) for k in before)
-    again = subprocess.run(
-        [sys.executable, "recipes/convert_legacy.py", "--model_name_or_path", str(out), "--output_dir", str(tmp_path / "x")],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert again.returncode == 1 and again.stderr.strip().splitlines()[-1].startswith("error: ")
-    assert "not an original (remote-code) Florence-2 config" in again.stderr
+    with pytest.raises(SystemExit) as exit_info:
+        run_script(
+            monkeypatch,
+            "convert_legacy.py",
+            "--model_name_or_path",
+            str(out),
+            "--output_dir",
+            str(tmp_path / "x"),
+        )
+    assert exit_info.value.code == 1
+    assert "not an original (remote-code) Florence-2 config" in capsys.readouterr().err
 
 
 def test_legacy_checkpoint_trains_evaluates_and_predicts(
-    tmp_path: Path, legacy_dirs: dict[str, Path], tiny_model_dir: Path, docvqa_dir: Path
+    tmp_path: Path,
+    legacy_dirs: dict[str, Path],
+    tiny_model_dir: Path,
+    docvqa_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The normal commands accept the original layout wherever they take a model."""
     legacy = str(legacy_dirs["bin"])
@@ -468,19 +493,11 @@ def test_legacy_checkpoint_trains_evaluates_and_predicts(
         "--max_new_tokens",
         "8",
     ]
-    answers = [
-        subprocess.run(
-            [sys.executable, "recipes/predict.py", "--model_name_or_path", model, *args],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        for model in (str(tiny_model_dir), legacy)
-    ]
-    assert all(a.returncode == 0 for a in answers), answers[1].stderr[-3000:]
-    assert answers[0].stdout == answers[1].stdout
+    answers = []
+    for model in (str(tiny_model_dir), legacy):
+        run_script(monkeypatch, "predict.py", "--model_name_or_path", model, *args)
+        answers.append(capsys.readouterr().out)
+    assert answers[0] == answers[1]
 
 
 @pytest.mark.slow

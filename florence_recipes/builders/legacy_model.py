@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from florence_recipes.builders.model import build_random_florence2
 
-LEGACY_BUILD_VERSION = 1
+LEGACY_BUILD_VERSION = 2
 # Not `BUILD_MARKER`: `build_offline_fixtures` rebuilds folders holding that one as the tiny native model, and a
 # legacy fixture handed to a smoke recipe as `model_name_or_path` must be used as it is.
 LEGACY_BUILD_MARKER = ".florence_recipes_legacy_build.json"
@@ -32,14 +32,24 @@ _AUTO_MAP = {
 }
 
 
-def legacy_config(native: dict[str, Any], legacy_vocab: int) -> dict[str, Any]:
+def legacy_config(native: dict[str, Any], legacy_vocab: int, generation: dict[str, Any]) -> dict[str, Any]:
     """The original `config.json` layout (microsoft/Florence-2-base's, keys as its configuration_florence2.py reads
-    them) for a native config."""
+    them) for a native config.
+
+    The original `generate` takes its defaults from `text_config`; the releases set `num_beams: 3`,
+    `no_repeat_ngram_size: 3`, `early_stopping: true` there. The fixture carries the native model's own
+    `generation` settings instead, so that both layouts generate alike through the normal commands.
+    """
     text = dict(native["text_config"])
     vision = native["vision_config"]
     text.update(model_type="florence2_language", vocab_size=legacy_vocab)
-    text.update(add_bias_logits=False, add_final_layer_norm=False, normalize_before=False, num_beams=3)
-    text.update(no_repeat_ngram_size=3, early_stopping=True, tie_word_embeddings=True)
+    text.update(
+        add_bias_logits=False, add_final_layer_norm=False, normalize_before=False, tie_word_embeddings=True
+    )
+    text.update(
+        num_beams=generation.get("num_beams", 1),
+        no_repeat_ngram_size=generation.get("no_repeat_ngram_size", 0),
+    )
     for key in ("dtype", "transformers_version", "architectures"):
         text.pop(key, None)
     return {
@@ -109,9 +119,10 @@ def write_legacy_florence2(native_dir: str | Path, out_dir: str | Path, weights_
         save_file({k: v for k, v in state.items() if k not in tied}, str(out_dir / "model.safetensors"))
     else:
         raise ValueError(f"weights_format must be bin or safetensors, not {weights_format!r}")
-    (out_dir / "config.json").write_text(json.dumps(legacy_config(native_config, legacy_vocab), indent=2))
     generation = json.loads((native_dir / "generation_config.json").read_text())
     generation.pop("transformers_version", None)
+    config = legacy_config(native_config, legacy_vocab, generation)
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2))
 
     # The BART part of the tokenizer only: vocab.json + merges.txt, as microsoft/Florence-2-* ship it.
