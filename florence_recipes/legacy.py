@@ -241,12 +241,17 @@ def _iter_tensors(files: Iterable[Path]) -> Iterator[tuple[str, torch.Tensor]]:
         else:
             # Never unpickle arbitrary objects: the weights-only loader accepts tensors and plain containers.
             try:
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                state = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as err:
                 raise RecipeError(
                     f"{path}: not a weights-only PyTorch state dict ({first_line(err)})"
                 ) from None
-            yield from state.items()
+            if not isinstance(state, dict):
+                raise RecipeError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors")
+            for key, value in state.items():
+                if not isinstance(value, torch.Tensor):
+                    raise RecipeError(f"{path}: {key} is a {type(value).__name__}, not a tensor")
+                yield key, value
 
 
 def _few(keys: Iterable[str], n: int = 5) -> str:
@@ -438,7 +443,7 @@ def convert_tokenizer(folder: Path, source: str) -> BartTokenizer:
     ids = tokenizer.convert_tokens_to_ids(FLORENCE_TOKENS)
     if ids != list(range(ids[0], ids[0] + len(FLORENCE_TOKENS))):
         raise RecipeError(
-            f"{source}: Florence-2's task and <loc_i> tokens are not at consecutive ids in its tokenizer"
+            f"{source}: Florence-2's task and <loc_i> tokens are not at consecutive ids in their released order"
         )
     tokenizer.add_tokens(AddedToken(IMAGE_TOKEN, special=True, normalized=False), special_tokens=True)
     return _name_image_token(tokenizer)
@@ -488,14 +493,16 @@ def _generation_config(folder: Path, legacy: dict[str, Any], text_config: BartCo
 # The conversion and its cache
 
 
+# Every file the conversion reads besides the weights (whose size and mtime stand in for their content).
+_CONVERTED_INPUTS = (
+    "config.json", "generation_config.json", "preprocessor_config.json", "tokenizer_config.json",
+    "tokenizer.json", "vocab.json", "merges.txt", "added_tokens.json", "special_tokens_map.json",
+)  # fmt: skip
+
+
 def _fingerprint(folder: Path, files: list[Path]) -> str:
     digest = hashlib.sha256()
-    for name in (
-        "config.json",
-        "preprocessor_config.json",
-        "tokenizer_config.json",
-        "generation_config.json",
-    ):
+    for name in _CONVERTED_INPUTS:
         path = folder / name
         if path.is_file():
             digest.update(name.encode() + path.read_bytes())

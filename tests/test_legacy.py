@@ -529,3 +529,28 @@ def test_build_legacy_fixture_is_kept_by_offline_fixture_builder(tmp_path: Path,
     build_offline_fixtures(str(legacy), str(docvqa_dir), "docvqa")
     assert is_legacy_config(json.loads((legacy / "config.json").read_text()))
     assert build_legacy_florence2(tmp_path / "legacy", size="tiny") == legacy  # idempotent
+
+
+def test_fine_tune_tokenizer_with_florence_tokens_saved_converts_alike(
+    legacy_dirs: dict[str, Path], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Fine-tunes saved by the original processor already hold the 1,024 added tokens; releases do not."""
+    from transformers import BartTokenizer
+
+    folder = tmp_path / "fine-tune"
+    shutil.copytree(legacy_dirs["safetensors"], folder)
+    tokenizer = BartTokenizer.from_pretrained(folder)
+    tokenizer.add_special_tokens({"additional_special_tokens": FLORENCE_TOKENS})
+    for name in ("vocab.json", "merges.txt"):
+        (folder / name).unlink()
+    tokenizer.save_pretrained(folder)
+    converted = AutoProcessor.from_pretrained(native_checkpoint(str(folder))).tokenizer
+    native = AutoProcessor.from_pretrained(tiny_model_dir).tokenizer
+    assert converted.get_vocab() == native.get_vocab() and converted.all_special_ids == native.all_special_ids
+
+    # Tokens at other ids than the model was trained with would silently scramble every box: refused.
+    tokenizer = BartTokenizer.from_pretrained(legacy_dirs["safetensors"])
+    tokenizer.add_special_tokens({"additional_special_tokens": FLORENCE_TOKENS[::-1]})
+    tokenizer.save_pretrained(folder)
+    with pytest.raises(RecipeError, match="not at consecutive ids"):
+        native_checkpoint(str(folder))
