@@ -61,12 +61,15 @@ def load_for_inference(model_args: ModelArguments) -> tuple[PreTrainedModel, Pro
         model = PeftModel.from_pretrained(
             model, native_adapter, revision=model_args.model_revision
         ).merge_and_unload()
-        try:  # the recipes save the processor next to the adapter; an adapter saved by hand may lack it
-            if native_adapter != source:  # a remote-code processor saved beside it: the base's converted one
-                raise RecipeError(source)
-            processor = load_processor(model_args)
-        except RecipeError:
+        if (
+            native_adapter != source
+        ):  # any processor saved beside it is a remote-code one: the base's converted one
             processor = load_processor(base_args)
+        else:
+            try:  # the recipes save the processor next to the adapter; an adapter saved by hand may lack it
+                processor = load_processor(model_args)
+            except RecipeError:
+                processor = load_processor(base_args)
     model.eval()
     return model, processor
 
