@@ -61,9 +61,7 @@ def load_for_inference(model_args: ModelArguments) -> tuple[PreTrainedModel, Pro
         model = PeftModel.from_pretrained(
             model, native_adapter, revision=model_args.model_revision
         ).merge_and_unload()
-        if (
-            native_adapter != source
-        ):  # any processor saved beside it is a remote-code one: the base's converted one
+        if native_adapter != source:  # a processor saved beside it is a remote-code one: use the base's
             processor = load_processor(base_args)
         else:
             try:  # the recipes save the processor next to the adapter; an adapter saved by hand may lack it
