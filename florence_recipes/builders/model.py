@@ -210,8 +210,10 @@ def fill_new_embedding_rows(weight: torch.Tensor, first_new_row: int) -> None:
     """Set rows `first_new_row:` of a (tied) embedding matrix to the mean of the rows before them.
 
     The LM head shares this matrix, so a mean row's logit is the mean of the old rows' logits: never above the
-    best old token's, so greedy and beam search never pick an added row and generate exactly what they did
-    before the rows were added (a random row, as `resize_token_embeddings` gives, could win).
+    best old token's, so greedy decoding never picks an added row and generates what it did before the rows
+    were added (a random row, as `resize_token_embeddings` gives, could win). Beam search scores log-softmax
+    values, whose normaliser now also holds the added rows: its ranking matches the original's in practice
+    (the mean logit is far below the top ones) but is not guaranteed to, as with any padded vocabulary.
     """
     weight[first_new_row:] = weight[:first_new_row].mean(dim=0, dtype=torch.float32).to(weight.dtype)
 
