@@ -21,6 +21,7 @@ from transformers.utils.peft_utils import find_adapter_config_file
 from florence_recipes.configs import ModelArguments
 from florence_recipes.errors import RecipeError, first_line
 from florence_recipes.images import to_rgb
+from florence_recipes.legacy import resolve_legacy_adapter
 from florence_recipes.modeling import load_model, load_processor
 from florence_recipes.scoring import decode_texts
 from florence_recipes.tasks import DOCVQA_PROMPT
@@ -47,6 +48,8 @@ def load_for_inference(model_args: ModelArguments) -> tuple[PreTrainedModel, Pro
     else:
         from peft import PeftModel
 
+        # A LoRA adapter trained on the original remote-code module names -> its cached native-named copy.
+        native_adapter = resolve_legacy_adapter(source, model_args.model_revision)
         base = json.loads(Path(adapter_config).read_text(encoding="utf-8")).get("base_model_name_or_path")
         if not base:
             raise RecipeError(f"{adapter_config}: no base_model_name_or_path to apply the LoRA adapter to")
@@ -57,12 +60,15 @@ def load_for_inference(model_args: ModelArguments) -> tuple[PreTrainedModel, Pro
         except RecipeError as err:
             raise RecipeError(f"{adapter_config}: cannot load the base model it names ({err})") from None
         model = PeftModel.from_pretrained(
-            model, source, revision=model_args.model_revision
+            model, native_adapter, revision=model_args.model_revision
         ).merge_and_unload()
-        try:  # the recipes save the processor next to the adapter; an adapter saved by hand may lack it
-            processor = load_processor(model_args)
-        except RecipeError:
+        if native_adapter != source:  # a processor saved beside it is a remote-code one: use the base's
             processor = load_processor(base_args)
+        else:
+            try:  # the recipes save the processor next to the adapter; an adapter saved by hand may lack it
+                processor = load_processor(model_args)
+            except RecipeError:
+                processor = load_processor(base_args)
     model.eval()
     return model, processor
 

@@ -15,6 +15,7 @@ from florence_recipes.builders.datasets import (
     write_synthetic_vqa_jsonl,
 )
 from florence_recipes.builders.docmatix import write_synthetic_docmatix
+from florence_recipes.builders.legacy_model import build_legacy_florence2, write_legacy_florence2
 from florence_recipes.builders.model import BUILD_MARKER, build_random_florence2
 from florence_recipes.errors import RecipeError
 
@@ -50,8 +51,10 @@ def build_offline_fixtures(model_dir: str, dataset_dir: str, task: str) -> None:
 
 
 __all__ = [
+    "build_legacy_florence2",
     "build_offline_fixtures",
     "build_random_florence2",
+    "write_legacy_florence2",
     "write_synthetic_cauldron",
     "write_synthetic_detection",
     "write_synthetic_docmatix",
