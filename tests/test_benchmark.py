@@ -115,8 +115,9 @@ def test_eval_grouped_by_length_scores_in_dataset_order(
     assert sum(images_seen) == 2 * 12  # Seq2SeqTrainer: every question's image, in generate and for the loss
     grouped_texts, grouped_items, grouped_metrics = evaluate(True)
     assert grouped_texts == plain_texts and grouped_items == plain_items  # returned in dataset order
-    for key in ("test_anls", "test_exact_match", "test_count", "test_loss"):
-        assert grouped_metrics[key] == pytest.approx(plain_metrics[key], abs=1e-6), key
+    # (The loss is a mean of per-batch means, so it moves with the batch composition; the scores do not.)
+    for key in ("test_anls", "test_exact_match", "test_count"):
+        assert grouped_metrics[key] == plain_metrics[key], key
 
     # dedup_vision in evaluation: one vision pass per image for generation and loss; same results.
     dedup_texts, dedup_items, dedup_metrics = evaluate(True, dedup_vision=True)

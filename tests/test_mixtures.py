@@ -256,9 +256,9 @@ def test_mixture_reports_each_source_with_its_own_metrics(
     assert scores["ai2d_exact_match"] == pytest.approx(
         by_source["ai2d"].count("Answer: A") / len(by_source["ai2d"])
     )
-    assert scores["count"] == len(rows)
+    assert scores["count"] == scores["scored"] == len(rows)
     assert set(scores) == {
-        "exact_match", "levenshtein", "count", "docvqa_anls", "docvqa_exact_match", "chartqa_relaxed_accuracy",
+        "exact_match", "levenshtein", "count", "scored", "docvqa_anls", "docvqa_exact_match", "chartqa_relaxed_accuracy",
         "chartqa_exact_match", "ai2d_exact_match",
     }  # fmt: skip
 
