@@ -23,6 +23,7 @@ from florence_recipes.detection import MAP_KEYS, Boxes, mean_average_precision, 
 from florence_recipes.errors import RecipeError
 from florence_recipes.images import image_size
 from florence_recipes.metrics import check_metric_names, mean, score_items
+from florence_recipes.validation import DroppedItem
 
 IGNORE_INDEX = -100  # the Trainer pads generated ids of different lengths with it
 # Mixture-wide eval metrics, defined for any text; each source also gets its own (eval_<source>_<metric>).
@@ -100,6 +101,9 @@ class TextScorer(Scorer):
     """Item metrics (ANLS, exact match, ...) of plain-text answers against every gold answer of the item.
 
     Items without gold answers (a hidden test split) are generated but not scored: `scored` counts the rest.
+    `unreadable_sources` has one source name per eval item that was dropped as a bad sample but has gold
+    answers: each scores 0 in the metrics, as official DocVQA scoring counts every question, and the mean over
+    the scored items alone is reported beside them as `<metric>_over_readable`.
     """
 
     def __init__(
@@ -109,8 +113,10 @@ class TextScorer(Scorer):
         metrics: Sequence[str] = ("anls", "levenshtein", "exact_match"),
         sources: Sequence[str] | None = None,
         source_metrics: dict[str, Sequence[str]] | None = None,
+        unreadable_sources: Sequence[str] = (),
     ) -> None:
         super().__init__(processor, len(references), sources)
+        self.unreadable_sources = list(unreadable_sources)
         if not metrics:
             raise ValueError("metrics must name at least one metric")
         self.source_metrics = {name: tuple(names) for name, names in (source_metrics or {}).items()}
@@ -136,7 +142,16 @@ class TextScorer(Scorer):
         position = {row: k for k, row in enumerate(rows)}
         for k, i in enumerate(scored):
             items[position[i]] = {m: values[k] for m, values in per_metric.items()}
-        means = {m: mean(values) for m, values in per_metric.items() if values}
+        unreadable = sum(source is None or s == source for s in self.unreadable_sources)
+        means = {}
+        for metric, values in per_metric.items():
+            if unreadable:  # skipped items score 0: the headline counts every item
+                means[metric] = sum(values) / (len(values) + unreadable)
+                if values:
+                    means[f"{metric}_over_readable"] = mean(values)
+            elif values:
+                means[metric] = mean(values)
+        means["unreadable"] = unreadable
         if source is None:
             means["scored"] = len(scored)
         return items, means
@@ -192,9 +207,15 @@ def dataset_image_sizes(dataset: Dataset) -> list[tuple[int, int]]:
     return [image_size(image) for batch in undecoded.iter(batch_size=256) for image in batch["image"]]
 
 
-def build_scorer(processor: ProcessorMixin, dataset: Dataset, sources: list[DataSource]) -> Scorer:
+def build_scorer(
+    processor: ProcessorMixin,
+    dataset: Dataset,
+    sources: list[DataSource],
+    dropped: Sequence[DroppedItem] = (),
+) -> Scorer:
     """The scorer of an eval set drawn from `sources`: one source's text metrics (a mixture: `MIXTURE_METRICS`
-    overall plus each source's own), or mAP when the sources are box tasks."""
+    overall plus each source's own), or mAP when the sources are box tasks. `dropped` are the eval items
+    `check_samples` skipped: those with gold answers score 0 in text metrics (see `TextScorer`)."""
     references = column_values(dataset, "answers")
     item_sources = column_values(dataset, "source")
     per_source = item_sources if len(sources) > 1 else None
@@ -219,4 +240,5 @@ def build_scorer(processor: ProcessorMixin, dataset: Dataset, sources: list[Data
         metrics=sources[0].metrics if per_source is None else MIXTURE_METRICS,
         sources=per_source,
         source_metrics=None if per_source is None else {source.name: source.metrics for source in sources},
+        unreadable_sources=[item.source for item in dropped if item.scorable],
     )

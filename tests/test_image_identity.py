@@ -45,7 +45,9 @@ def clashing_docvqa(tmp_path_factory: pytest.TempPathFactory, docvqa_dir: Path) 
 
 def test_docvqa_image_id_is_a_digest_of_the_image_not_the_doc_id(clashing_docvqa: Path) -> None:
     rows = load_task_split(get_task("docvqa"), str(clashing_docvqa), "train")
-    raw = load_dataset(str(clashing_docvqa), split="train").cast_column("image", get_task("docvqa").image_feature)
+    raw = load_dataset(str(clashing_docvqa), split="train").cast_column(
+        "image", get_task("docvqa").image_feature
+    )
     expected = [hashlib.sha1(image["bytes"]).hexdigest() for image in raw["image"]]
     assert rows["image_id"] == expected
     assert len(set(rows["image_id"])) == 16 and set(raw["docId"]) == {7}
@@ -57,7 +59,10 @@ def test_path_images_are_keyed_by_their_bytes(tmp_path: Path) -> None:
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "x.png").write_bytes(png(colors[0]))
         (tmp_path / folder / "y.png").write_bytes(png(colors[1]))
-    lines = [f'{{"image": "{f}", "question": "q{i}", "answer": "a"}}' for i, f in enumerate(["a/x.png", "b/x.png", "a/y.png", "b/y.png"])]
+    lines = [
+        f'{{"image": "{f}", "question": "q{i}", "answer": "a"}}'
+        for i, f in enumerate(["a/x.png", "b/x.png", "a/y.png", "b/y.png"])
+    ]
     (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
     ids = load_task_split(get_task("vqa"), str(tmp_path), "train")["image_id"]
     assert ids[0] == ids[1] == hashlib.sha1(png("red")).hexdigest()  # same pixels in two files
@@ -70,14 +75,23 @@ def test_cauldron_rows_with_the_same_picture_share_an_id(tmp_path: Path) -> None
 
     red, blue = {"bytes": png("red"), "path": None}, {"bytes": png("blue"), "path": None}
     turns = [[{"user": "q", "assistant": "a", "source": "s"}]] * 3
-    out = convert({"images": [[red], [blue], [red]], "texts": turns}, [0, 1, 2], SourceContext("ai2d", "train"))
-    assert out["image_id"][0] == out["image_id"][2] == hashlib.sha1(red["bytes"]).hexdigest() != out["image_id"][1]
+    out = convert(
+        {"images": [[red], [blue], [red]], "texts": turns}, [0, 1, 2], SourceContext("ai2d", "train")
+    )
+    assert (
+        out["image_id"][0]
+        == out["image_id"][2]
+        == hashlib.sha1(red["bytes"]).hexdigest()
+        != out["image_id"][1]
+    )
 
 
 def own_features(model, processor, rows, prompts: list[str]) -> torch.Tensor:
     """Image features of each prompt's own row's image, computed without any grouping or cache."""
     by_prompt = {row["prompt"]: row for row in rows}
-    pixels = processor.image_processor([by_prompt[p]["image"].convert("RGB") for p in prompts], return_tensors="pt")
+    pixels = processor.image_processor(
+        [by_prompt[p]["image"].convert("RGB") for p in prompts], return_tensors="pt"
+    )
     with torch.no_grad():
         return model.get_image_features(pixel_values=pixels["pixel_values"]).pooler_output
 
@@ -119,7 +133,9 @@ def test_every_question_gets_its_own_pages_features(
         texts = batch_prompts(processor, batch)
         with torch.no_grad():
             received = trainer._image_features(model, dict(batch))  # what the language model is given
-        expected = own_features(model, processor, [by_text[t] for t in texts], [by_text[t]["prompt"] for t in texts])
+        expected = own_features(
+            model, processor, [by_text[t] for t in texts], [by_text[t]["prompt"] for t in texts]
+        )
         for question, got, want in zip(texts, received, expected, strict=True):
             torch.testing.assert_close(got.float(), want, rtol=1e-4, atol=1e-5, msg=question)
             checked += 1

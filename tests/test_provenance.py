@@ -50,7 +50,13 @@ def test_the_formats_are_what_the_converters_write() -> None:
     image = {"bytes": b"\x89PNG-not-decoded", "path": None}
     context = SourceContext("s", "train")
     rows = {
-        "docvqa": {"questionId": [1], "question": ["How?"], "image": [image], "docId": [3], "answers": [["x"]]},
+        "docvqa": {
+            "questionId": [1],
+            "question": ["How?"],
+            "image": [image],
+            "docId": [3],
+            "answers": [["x"]],
+        },
         "vqa": {"image": [image], "question": ["How?"], "answer": ["x"]},
         "cauldron": {"images": [[image]], "texts": [[{"user": "How?", "assistant": "x", "source": "s"}]]},
         "caption": {"image": [image], "caption": ["x"]},
@@ -64,7 +70,9 @@ def test_the_formats_are_what_the_converters_write() -> None:
 
 def record_of(task: str, prompt_format: str) -> dict[str, Any]:
     return {
-        "sources": [{"name": task, "task": task, "prompt_format": prompt_format, "dataset": "d", "config": None}],
+        "sources": [
+            {"name": task, "task": task, "prompt_format": prompt_format, "dataset": "d", "config": None}
+        ],
         "max_target_length": 32,
         "generation_max_length": 32,
         "generation_num_beams": 1,
@@ -139,7 +147,9 @@ def train_tiny(task: str, data_dir: Path, tiny_model_dir: Path, processor, out: 
     return out / "final", rows, texts
 
 
-def predict(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[str, str]:
+def predict(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[str, str]:
     monkeypatch.setattr(sys, "argv", ["predict.py", *args])
     runpy.run_path(str(REPO_ROOT / "recipes" / "predict.py"), run_name="__main__")
     captured = capsys.readouterr()
@@ -178,6 +188,7 @@ def test_predict_and_demo_use_the_trained_prompt_and_match_the_eval(
     model, loaded_processor = load_for_inference(ModelArguments(model_name_or_path=str(model_dir)))
     record = read_record(str(model_dir))
     choices, default = demo["task_choices"](record)
+    assert choices[0][1] == default and task in choices[0][0]  # the menu starts on the trained task
     ask = demo["make_answer"](model, loaded_processor, record, max_new_tokens=None, num_beams=None)
 
     prefix = PROMPT_FORMATS[task].split("{")[0]
@@ -194,14 +205,18 @@ def test_predict_and_demo_use_the_trained_prompt_and_match_the_eval(
         assert result["prompt"] == row["prompt"] and "warning" not in err
         shown, _ = ask(row["image"], default, question)
         if task == "detection":  # boxes: the eval's text parsed as predict and the demo parse it
-            parsed = loaded_processor.post_process_generation(expected, task="<OD>", image_size=row["image"].size)
+            parsed = loaded_processor.post_process_generation(
+                expected, task="<OD>", image_size=row["image"].size
+            )
             assert result["answer"] == parsed["<OD>"] and json.loads(shown) == parsed["<OD>"]
         else:
             assert result["answer"] == expected and shown == expected
 
     # Asking for another task still works, with one warning line naming what the model expects.
     other = "<CAPTION>" if task == "detection" else "<OD>"
-    _, err = predict(monkeypatch, capsys, "--model_name_or_path", str(model_dir), "--image", str(image), "--task", other)
+    _, err = predict(
+        monkeypatch, capsys, "--model_name_or_path", str(model_dir), "--image", str(image), "--task", other
+    )
     warnings = [line for line in err.splitlines() if "warning" in line.lower()]
     assert len(warnings) == 1 and PROMPT_FORMATS[task] in warnings[0]
 
@@ -228,7 +243,12 @@ def test_merged_lora_folder_and_model_card_carry_the_recording(
     assert record["sources"][0]["prompt_format"] == "<VQA>{question}"
     trainer.create_model_card(model_name="vqa-lora")
     card = (tmp_path / "run" / "README.md").read_text()
-    for fact in ("<VQA>{question}", f"max_target_length: {MAX_LENGTH}", "num_beams=2", f"max_length={MAX_LENGTH}"):
+    for fact in (
+        "<VQA>{question}",
+        f"max_target_length: {MAX_LENGTH}",
+        "num_beams=2",
+        f"max_length={MAX_LENGTH}",
+    ):
         assert fact in card, fact
 
 
@@ -249,7 +269,11 @@ def test_hub_push_uploads_the_recording(
     monkeypatch.setattr(hf_trainer, "hf_api", FakeHub)
     model_args = ModelArguments(model_name_or_path=str(tiny_model_dir), training_mode="full")
     args = FlorenceTrainingArguments(
-        output_dir=str(tmp_path / "run"), push_to_hub=True, hub_model_id="me/m", report_to="none", use_cpu=True
+        output_dir=str(tmp_path / "run"),
+        push_to_hub=True,
+        hub_model_id="me/m",
+        report_to="none",
+        use_cpu=True,
     )
     trainer = FlorenceTrainer(
         model=load_model(model_args), args=args, processor=processor, sources=sources_of("detection")

@@ -93,7 +93,9 @@ def test_evaluate_counts_skipped_items_and_answers_every_question(
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(records) == 12
     (skipped,) = [r for r in records if r["id"] == str(skipped_id)]
-    assert skipped["prediction"] == "" and skipped["score"] == 0 and skipped["bad_sample"] == "image_unreadable"
+    assert (
+        skipped["prediction"] == "" and skipped["score"] == 0 and skipped["bad_sample"] == "image_unreadable"
+    )
 
     metrics = json.loads((out / "metrics.json").read_text())
     readable = [r["score"] for r in records if r["id"] != str(skipped_id)]
@@ -112,7 +114,14 @@ def test_report_shows_the_counts(tmp_path: Path) -> None:
         {"id": "1", "image_id": "x", "question": "q", "prediction": "a", "answers": ["a"], "tags": [],
          "scores": {"anls": 1.0}, "score": 1.0},
     ]  # fmt: skip
-    metrics = {"count": 1, "scored": 1, "skipped": 0, "unreadable": 2, "anls": 1 / 3, "anls_over_readable": 1.0}
+    metrics = {
+        "count": 1,
+        "scored": 1,
+        "skipped": 0,
+        "unreadable": 2,
+        "anls": 1 / 3,
+        "anls_over_readable": 1.0,
+    }
     page = write_report(
         tmp_path, records, metrics, images=lambda i: PILImage.new("RGB", (8, 8)), metric_names=("anls",),
         title="t", subtitle="s",
