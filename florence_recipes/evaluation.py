@@ -130,7 +130,9 @@ def apply_training_record(
     if record is None or data_args.dataset_mixture is not None:
         return
     if "task" in given:
-        resolve_prompt(data_args.task, record)
+        warning = resolve_prompt(data_args.task, record).warning
+        if warning:
+            logger.warning(warning)
     else:
         data_args.task = record.sources[0].task
         logger.info("Task %s from the checkpoint's training record", data_args.task)

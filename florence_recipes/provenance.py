@@ -106,6 +106,7 @@ class PromptChoice:
 
     prompt_format: str
     label: str  # what to call it in messages: the task name or the token
+    warning: str | None = None  # one line, when the request contradicts the training record
 
     @property
     def task_token(self) -> str:
@@ -128,7 +129,8 @@ def resolve_prompt(request: str | None, record: TrainingRecord | None) -> Prompt
     """The prompt for a request: None (the recording's first source, else `<DocVQA>` + question), a registry
     task name (`vqa`; its recorded format if the model was trained on it) or a Florence-2 task token (`<OD>`).
 
-    A request the recording contradicts is honoured, with one warning line saying what the model expects.
+    A request the recording contradicts is honoured; the choice's `warning` then says, in one line, what the
+    model expects (predict prints it to stderr, the demo and evaluate log it).
     """
     if request is None or not request.strip():
         if record is None:
@@ -145,27 +147,25 @@ def resolve_prompt(request: str | None, record: TrainingRecord | None) -> Prompt
         choice = PromptChoice(
             recorded[0].prompt_format if recorded else TASKS[request].prompt_format, request
         )
-        if record is not None and not recorded:
-            _warn(record, choice)
-        return choice
+        return _checked(choice, record, bool(recorded))
     if not _TASK_TOKEN.fullmatch(request):
         raise RecipeError(
             f"--task {request!r}: give a task name ({', '.join(sorted(TASKS))}) or a Florence-2 task token "
             "such as <OD> or <OCR>"
         )
     choice = PromptChoice(request + "{text}", request)
-    if record is not None and not any(s.prompt_format.startswith(request) for s in record.sources):
-        _warn(record, choice)
-    return choice
+    trained = record is not None and any(s.prompt_format.startswith(request) for s in record.sources)
+    return _checked(choice, record, trained)
 
 
-def _warn(record: TrainingRecord, choice: PromptChoice) -> None:
-    logger.warning(
-        "warning: this model was trained with %s; you asked for %s (prompt %r), which it was not trained on",
-        record.describe(),
-        choice.label,
-        choice.prompt_format,
+def _checked(choice: PromptChoice, record: TrainingRecord | None, trained: bool) -> PromptChoice:
+    if record is None or trained:
+        return choice
+    warning = (
+        f"this model was trained with {record.describe()}; you asked for {choice.label} "
+        f"(prompt {choice.prompt_format!r}), which it was not trained on"
     )
+    return PromptChoice(choice.prompt_format, choice.label, warning)
 
 
 def _split(prompt_format: str) -> tuple[str, str, str]:

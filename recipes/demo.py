@@ -15,6 +15,7 @@ Gradio's usage analytics and version check stay off unless `--analytics true`.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -28,6 +29,8 @@ from florence_recipes.configs import ModelArguments, RecipeArgumentParser
 from florence_recipes.errors import RecipeError
 from florence_recipes.inference import answer, draw_regions, load_for_inference
 from florence_recipes.provenance import TrainingRecord, generation_settings, read_record, resolve_prompt
+
+logger = logging.getLogger(__name__)
 
 # (menu label, task name or token): the recipes' task names, then Florence-2 tokens no recipe trains.
 TASK_CHOICES = (
@@ -67,6 +70,8 @@ def make_answer(
             raise gr.Error("Upload a document image first.")
         try:
             choice = resolve_prompt(None if task == TRAINED else task, record)
+            if choice.warning:
+                logger.warning(choice.warning)
             if choice.takes_text and not (text or "").strip():
                 raise gr.Error("Type a question (or phrase) for this task.")
             output = answer(

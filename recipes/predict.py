@@ -79,7 +79,9 @@ def main() -> None:
     model_args, args = RecipeArgumentParser((ModelArguments, PredictArguments)).parse()
     images = [open_image(path) for path in args.image]  # fail on a bad path before loading the model
     record = read_record(model_args.model_name_or_path, model_args.model_revision)
-    choice = resolve_prompt(args.task, record)  # warns once if the model was not trained on the request
+    choice = resolve_prompt(args.task, record)
+    if choice.warning:  # a request the model was not trained on: honoured, with one line saying so
+        sys.stderr.write(f"warning: {choice.warning}\n")
     prompt = choice.prompt(args.question)
     generation = generation_settings(record, args.max_new_tokens, args.num_beams)
     model, processor = load_for_inference(model_args)
