@@ -151,7 +151,8 @@ class TextScorer(Scorer):
                     means[f"{metric}_over_readable"] = mean(values)
             elif values:
                 means[metric] = mean(values)
-        means["unreadable"] = unreadable
+        if unreadable:
+            means["unreadable"] = unreadable
         if source is None:
             means["scored"] = len(scored)
         return items, means
@@ -166,6 +167,9 @@ class BoxScorer(Scorer):
     """
 
     metric_names = MAP_KEYS
+    # Items dropped as bad samples: their gold boxes are all missed. The image size is unknown (the image may
+    # not decode), and scale does not matter here: IoU is scale-free and MAP_KEYS have no area ranges.
+    _DROPPED_SIZE = (1000, 1000)
 
     def __init__(
         self,
@@ -174,13 +178,19 @@ class BoxScorer(Scorer):
         image_sizes: list[tuple[int, int]],
         box_tasks: list[str],
         sources: Sequence[str] | None = None,
+        unreadable: Sequence[tuple[str, str, str]] = (),
     ) -> None:
+        """`unreadable`: (source, gold target, box task) of each eval item dropped as a bad sample."""
         super().__init__(processor, len(references), sources)
         if not len(references) == len(image_sizes) == len(box_tasks):
             raise ValueError("references, image_sizes and box_tasks must have one entry per eval item")
         self.image_sizes = image_sizes
         self.box_tasks = box_tasks
         self.gold = [self.parse(i, text) for i, text in enumerate(references)]
+        self.unreadable = [
+            (source, parse_boxes(processor, target, task, self._DROPPED_SIZE))
+            for source, target, task in unreadable
+        ]
 
     def parse(self, item: int, text: str) -> Boxes:
         """Boxes and labels in pixels of item `item`'s image, from Florence-2 output text."""
@@ -197,8 +207,19 @@ class BoxScorer(Scorer):
         self, rows: list[int], texts: list[str], source: str | None = None
     ) -> tuple[list[dict[str, float] | None], dict[str, float]]:
         predicted = [self.parse(i, texts[i]) for i in rows]
-        # mAP is a corpus metric: items carry no score of their own.
-        return [None] * len(rows), mean_average_precision(predicted, [self.gold[i] for i in rows])
+        gold = [self.gold[i] for i in rows]
+        missed = [boxes for s, boxes in self.unreadable if source is None or s == source]
+        # mAP is a corpus metric: items carry no score of their own. Skipped items count as all boxes missed.
+        metrics = mean_average_precision(
+            predicted + [{"bboxes": [], "labels": []}] * len(missed), gold + missed
+        )
+        if missed:
+            metrics |= {
+                f"{key}_over_readable": value
+                for key, value in mean_average_precision(predicted, gold).items()
+            }
+            metrics["unreadable"] = len(missed)
+        return [None] * len(rows), metrics
 
 
 def dataset_image_sizes(dataset: Dataset) -> list[tuple[int, int]]:
@@ -215,7 +236,7 @@ def build_scorer(
 ) -> Scorer:
     """The scorer of an eval set drawn from `sources`: one source's text metrics (a mixture: `MIXTURE_METRICS`
     overall plus each source's own), or mAP when the sources are box tasks. `dropped` are the eval items
-    `check_samples` skipped: those with gold answers score 0 in text metrics (see `TextScorer`)."""
+    `check_samples` skipped: those with gold answers score 0 (text metrics) or have every box missed (mAP)."""
     references = column_values(dataset, "answers")
     item_sources = column_values(dataset, "source")
     per_source = item_sources if len(sources) > 1 else None
@@ -233,6 +254,11 @@ def build_scorer(
             image_sizes=dataset_image_sizes(dataset),
             box_tasks=[box_tasks[name] for name in item_sources],
             sources=per_source,
+            unreadable=[
+                (item.source, item.answers[0], box_tasks[item.source])
+                for item in dropped
+                if item.answers and item.source in box_tasks
+            ],
         )
     return TextScorer(
         processor,
