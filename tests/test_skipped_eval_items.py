@@ -15,6 +15,7 @@ from conftest import REPO_ROOT, sources_of, standard_features
 from datasets import Dataset, Image, load_dataset
 from PIL import Image as PILImage
 
+from florence_recipes.detection import format_detection_target
 from florence_recipes.report import write_report
 from florence_recipes.scoring import build_scorer
 from florence_recipes.validation import check_samples
@@ -128,3 +129,19 @@ def test_report_shows_the_counts(tmp_path: Path) -> None:
     )  # fmt: skip
     html = page.read_text()
     assert "unreadable" in html and "anls_over_readable" in html and "0.3333" in html and "1.0000" in html
+
+
+def test_a_skipped_detection_item_counts_as_missed_boxes(processor) -> None:
+    target = format_detection_target([[4, 4, 20, 20]], ["circle"], (32, 32), "test")
+    rows = {
+        "id": ["a", "gone"], "image": [PILImage.new("RGB", (32, 32)), None], "image_id": ["i", "j"],
+        "prompt": ["<OD>", "<OD>"], "target": [target, target], "answers": [[target], [target]],
+        "tags": [[]] * 2, "source": ["detection"] * 2,
+    }  # fmt: skip
+    kept, bad = check_samples(Dataset.from_dict(rows, features=standard_features()), "skip", "eval")
+    assert [item.reason for item in bad.dropped] == ["image_missing"]
+    metrics = (
+        build_scorer(processor, kept, sources_of("detection"), dropped=bad.dropped).score([target]).metrics
+    )
+    assert metrics["map_over_readable"] == pytest.approx(1.0) and metrics["unreadable"] == 1
+    assert metrics["mar_100"] == pytest.approx(0.5)  # one of the two gold boxes found
