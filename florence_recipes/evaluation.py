@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from accelerate.utils import parse_flag_from_env
 from datasets import Dataset
 
@@ -115,8 +116,13 @@ def parse_evaluation_args(
 
 
 def given_options(args: Sequence[str]) -> set[str]:
-    """The `--option` names on a command line (`--x 1` and `--x=1`), to tell a default from a choice."""
-    return {arg[2:].split("=", 1)[0] for arg in args if arg.startswith("--")}
+    """The options a user set, on the command line (`--x 1`, `--x=1`) or in its `--config` YAML: what the
+    checkpoint's training record must not override."""
+    given = {arg[2:].split("=", 1)[0] for arg in args if arg.startswith("--")}
+    config, _ = RecipeArgumentParser((EvaluationArguments,))._split_config_flag(list(args))
+    if config is not None and Path(config).is_file():
+        given |= set(yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {})
+    return given
 
 
 def apply_training_record(

@@ -27,6 +27,11 @@ FREE_PROMPT = "{prompt}"  # the row's own prompt, used as is (Cauldron turns, a 
 DEFAULT_PROMPT_FORMAT = DOCVQA_PROMPT + "{question}"  # what predict/demo used before recordings existed
 _FIELD = re.compile(r"\{[a-z_]+\}")
 _TASK_TOKEN = re.compile(r"^<[A-Za-z_]+>")
+# Florence-2 task tokens that take no text after them (the processor refuses any).
+_NO_INPUT_TOKENS = frozenset(
+    ("<OCR>", "<OCR_WITH_REGION>", "<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>", "<OD>",
+     "<DENSE_REGION_CAPTION>", "<REGION_PROPOSAL>")
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -153,7 +158,7 @@ def resolve_prompt(request: str | None, record: TrainingRecord | None) -> Prompt
             f"--task {request!r}: give a task name ({', '.join(sorted(TASKS))}) or a Florence-2 task token "
             "such as <OD> or <OCR>"
         )
-    choice = PromptChoice(request + "{text}", request)
+    choice = PromptChoice(request if request in _NO_INPUT_TOKENS else request + "{text}", request)
     trained = record is not None and any(s.prompt_format.startswith(request) for s in record.sources)
     return _checked(choice, record, trained)
 
