@@ -21,6 +21,7 @@ from florence_recipes.builders import write_synthetic_vqa_jsonl
 from florence_recipes.builders.datasets import write_synthetic_detection
 from florence_recipes.configs import FlorenceTrainingArguments, ModelArguments
 from florence_recipes.data import load_task_split
+from florence_recipes.evaluation import apply_training_record, given_options, parse_evaluation_args
 from florence_recipes.inference import load_for_inference
 from florence_recipes.modeling import apply_training_mode, load_model, set_generation_length
 from florence_recipes.provenance import PROVENANCE_FILE, read_record, resolve_prompt
@@ -279,3 +280,20 @@ def test_hub_push_uploads_the_recording(
     assert uploaded and PROVENANCE_FILE in uploaded[-1]
     record = json.loads((tmp_path / "run" / PROVENANCE_FILE).read_text())
     assert record["sources"][0]["prompt_format"] == "<OD>"
+
+
+def test_evaluate_defaults_to_the_recording(vqa_model_folder: Path, caplog: pytest.LogCaptureFixture) -> None:
+    record = read_record(str(vqa_model_folder))
+    argv = ["--model_name_or_path", str(vqa_model_folder), "--output_dir", "out"]
+    _, data_args, eval_args = parse_evaluation_args(argv)
+    apply_training_record(record, data_args, eval_args, given_options(argv))
+    assert (data_args.task, data_args.max_target_length) == ("vqa", 32)
+    assert (eval_args.generation_max_length, eval_args.generation_num_beams) == (32, 1)
+    assert not caplog.records
+
+    argv += ["--task", "docvqa", "--max_target_length", "64"]
+    _, data_args, eval_args = parse_evaluation_args(argv)
+    apply_training_record(record, data_args, eval_args, given_options(argv))
+    assert (data_args.task, data_args.max_target_length) == ("docvqa", 64)  # the user's choice wins
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "<VQA>{question}" in warning and "docvqa" in warning
