@@ -4,8 +4,10 @@
 and `florence_recipes.scoring` scorer) on the split, so `metrics.json` holds the recipe's `eval_*` numbers for
 the same checkpoint. Every task the recipes train is scored: ANLS and the other text metrics (per source for a
 mixture), COCO mAP for detection and grounding. Items of a hidden test split have no gold answers: they are
-predicted (for the official submission) but not scored. `write_evaluation` writes predictions.jsonl,
-metrics.json and submission.json.
+predicted (for the official submission) but not scored. Items dropped as bad samples (`on_bad_sample: skip`)
+score 0 in the metrics and get an empty answer in the submission. The task, `max_target_length` and
+generation settings default to the checkpoint's training record (`florence_recipes.provenance`).
+`write_evaluation` writes predictions.jsonl, metrics.json and submission.json.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from accelerate.utils import parse_flag_from_env
 from datasets import Dataset
 
@@ -34,7 +37,10 @@ from florence_recipes.data import DataSource
 from florence_recipes.errors import RecipeError
 from florence_recipes.inference import load_for_inference
 from florence_recipes.modeling import set_generation_length
+from florence_recipes.provenance import TrainingRecord, resolve_prompt
+from florence_recipes.scoring import TextScorer
 from florence_recipes.trainer import FlorenceTrainer
+from florence_recipes.validation import DroppedItem
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +115,41 @@ def parse_evaluation_args(
     return parser.parse(args)
 
 
+def given_options(args: Sequence[str]) -> set[str]:
+    """The options a user set, on the command line (`--x 1`, `--x=1`) or in its `--config` YAML: what the
+    checkpoint's training record must not override."""
+    given = {arg[2:].split("=", 1)[0] for arg in args if arg.startswith("--")}
+    config, _ = RecipeArgumentParser((EvaluationArguments,))._split_config_flag(list(args))
+    if config is not None and Path(config).is_file():
+        given |= set(yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {})
+    return given
+
+
+def apply_training_record(
+    record: TrainingRecord | None,
+    data_args: DataArguments,
+    eval_args: EvaluationArguments,
+    given: set[str],
+) -> None:
+    """Default the task, `max_target_length` and generation settings to the checkpoint's training record;
+    an explicit `--task` it was not trained on is kept, with one warning line (`resolve_prompt`)."""
+    if record is None or data_args.dataset_mixture is not None:
+        return
+    if "task" in given:
+        warning = resolve_prompt(data_args.task, record).warning
+        if warning:
+            logger.warning(warning)
+    else:
+        data_args.task = record.sources[0].task
+        logger.info("Task %s from the checkpoint's training record", data_args.task)
+    if "max_target_length" not in given:
+        data_args.max_target_length = record.max_target_length
+    if "generation_max_length" not in given and record.generation_max_length:
+        eval_args.generation_max_length = record.generation_max_length
+    if "generation_num_beams" not in given and record.generation_num_beams:
+        eval_args.generation_num_beams = record.generation_num_beams
+
+
 def reject_training_options(data_args: DataArguments) -> None:
     """One line for a training-only data option given to an evaluation, instead of ignoring it."""
     defaults = {f.name: f.default for f in dataclasses.fields(DataArguments)}
@@ -125,9 +166,10 @@ class Evaluation:
     """One checkpoint's results on the split: a record per item (predictions.jsonl) and the metrics."""
 
     checkpoint: str
-    records: list[dict[str, Any]]
+    records: list[dict[str, Any]]  # the evaluated rows, in dataset order
     metrics: dict[str, Any]
     metric_names: tuple[str, ...]  # the scorer's, headline first
+    dropped: list[dict[str, Any]] = field(default_factory=list)  # bad samples: empty answer, scored 0
 
 
 def evaluate_model(
@@ -136,8 +178,10 @@ def evaluate_model(
     sources: list[DataSource],
     training_args: FlorenceTrainingArguments,
     max_target_length: int,
+    dropped: Sequence[DroppedItem] = (),
 ) -> Evaluation:
-    """Generate and score every item of `dataset` with the checkpoint of `model_args`, as the recipe's eval does."""
+    """Generate and score every item of `dataset` with the checkpoint of `model_args`, as the recipe's eval does;
+    the `dropped` bad samples score 0 (when they have gold answers) and are answered with "" in the files."""
     model, processor = load_for_inference(model_args)
     set_generation_length(model, training_args.generation_max_length)
     trainer = FlorenceTrainer(
@@ -147,6 +191,7 @@ def evaluate_model(
         sources=sources,
         eval_dataset=dataset,
         max_target_length=max_target_length,
+        eval_dropped=list(dropped),
     )
     texts, items, trainer_metrics = trainer.predict_items(metric_key_prefix="eval")
     metric_names = trainer.scorer.metric_names
@@ -156,7 +201,41 @@ def evaluate_model(
         record["score"] = None if scores is None else scores[metric_names[0]]
     metrics = {key.removeprefix("eval_"): value for key, value in trainer_metrics.items()}
     metrics |= summarize(records, metric_names)
-    return Evaluation(model_args.model_name_or_path, records, metrics, metric_names)
+    scored_zero = isinstance(trainer.scorer, TextScorer)  # mAP has no per-item scores
+    skipped = [dropped_record(item, metric_names if scored_zero else ()) for item in dropped]
+    return Evaluation(model_args.model_name_or_path, records, metrics, metric_names, skipped)
+
+
+def dropped_record(item: DroppedItem, metric_names: Sequence[str]) -> dict[str, Any]:
+    """The predictions.jsonl record of a bad sample: no prediction, 0 for every item metric if it has gold."""
+    scores = {m: 0.0 for m in metric_names} if item.scorable and metric_names else None
+    return {
+        "id": item.id,
+        "image_id": None,
+        "question": _TASK_TOKEN.sub("", item.prompt).strip(),
+        "prediction": "",
+        "answers": item.answers or None,
+        "tags": [],
+        "scores": scores,
+        "score": None if scores is None else 0.0,
+        "bad_sample": item.reason,
+        "position": item.position,
+    }
+
+
+def with_dropped(
+    records: Sequence[dict[str, Any]], dropped: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Every item of the checked split in its order: the evaluated records with the bad samples put back."""
+    merged: list[dict[str, Any]] = []
+    kept = iter(records)
+    positions = {record["position"]: record for record in dropped}
+    for position in range(len(records) + len(dropped)):
+        if position in positions:
+            merged.append({k: v for k, v in positions[position].items() if k != "position"})
+        else:
+            merged.append(next(kept))
+    return merged
 
 
 def build_records(dataset: Dataset, predictions: Sequence[str]) -> list[dict[str, Any]]:
@@ -213,8 +292,15 @@ def submission_entries(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]
     ]
 
 
-def write_evaluation(output_dir: Path, records: Sequence[dict[str, Any]], metrics: dict[str, Any]) -> None:
-    """predictions.jsonl (one record per line), metrics.json and submission.json in `output_dir`."""
+def write_evaluation(
+    output_dir: Path,
+    records: Sequence[dict[str, Any]],
+    metrics: dict[str, Any],
+    dropped: Sequence[dict[str, Any]] = (),
+) -> None:
+    """predictions.jsonl (one record per line), metrics.json and submission.json in `output_dir`; `dropped`
+    (`dropped_record`s) are put back in place, so every question of the split is answered."""
+    records = with_dropped(records, dropped)
     output_dir.mkdir(parents=True, exist_ok=True)
     with open(output_dir / PREDICTIONS_FILE, "w", encoding="utf-8") as jsonl:
         for record in records:

@@ -84,11 +84,15 @@ def generate_ids(
     batch: dict[str, torch.Tensor],
     max_new_tokens: int | None = None,
     num_beams: int | None = None,
+    max_length: int | None = None,
 ) -> torch.Tensor:
-    """Generated token ids for a processor batch (labels, if any, are ignored)."""
+    """Generated token ids for a processor batch (labels, if any, are ignored). `max_length` is the limit the
+    recipes' evaluation uses (`generation_max_length`); `max_new_tokens` wins when both are given."""
     kwargs: dict[str, Any] = {}
     if max_new_tokens is not None:
         kwargs["max_new_tokens"] = max_new_tokens
+    elif max_length is not None:
+        kwargs["max_length"] = max_length
     if num_beams is not None:
         kwargs["num_beams"] = num_beams
     return model.generate(
@@ -127,15 +131,20 @@ def answer(
     text: str | None = None,
     max_new_tokens: int | None = None,
     num_beams: int | None = None,
+    max_length: int | None = None,
+    prompt: str | None = None,
 ) -> list[str | dict[str, Any]]:
-    """One batched generation: the same prompt (`task` + `text`) for every image, parsed per task."""
+    """One batched generation: the same prompt (`prompt`, else `task` + `text`) for every image, parsed by the
+    task token `task` ("" for a prompt without one: plain text)."""
     images = [to_rgb(image) for image in images]
-    prompt = build_prompt(task, text)
+    prompt = build_prompt(task, text) if prompt is None else prompt
     try:
         batch = processor(text=[prompt] * len(images), images=images, return_tensors="pt", padding="longest")
     except ValueError as err:  # e.g. text after a task token that takes none (`<OCR>what?`)
         raise RecipeError(f"prompt {prompt!r}: {err}") from None
-    ids = generate_ids(model, batch, max_new_tokens=max_new_tokens, num_beams=num_beams)
+    ids = generate_ids(
+        model, batch, max_new_tokens=max_new_tokens, num_beams=num_beams, max_length=max_length
+    )
     return parse_outputs(processor, ids, task, [image.size for image in images])
 
 

@@ -105,6 +105,8 @@ def main() -> None:
         eval_dataset=eval_dataset,
         max_target_length=data_args.max_target_length,
         training_mode=model_args.training_mode,
+        # Skipped eval items still count: each scores 0 in the headline metric (see TextScorer).
+        eval_dropped=bad_samples["eval"].dropped if bad_samples.get("eval") else None,
     )
 
     ###############

@@ -23,6 +23,7 @@ from florence_recipes.detection import MAP_KEYS, Boxes, mean_average_precision, 
 from florence_recipes.errors import RecipeError
 from florence_recipes.images import image_size
 from florence_recipes.metrics import check_metric_names, mean, score_items
+from florence_recipes.validation import DroppedItem
 
 IGNORE_INDEX = -100  # the Trainer pads generated ids of different lengths with it
 # Mixture-wide eval metrics, defined for any text; each source also gets its own (eval_<source>_<metric>).
@@ -100,6 +101,9 @@ class TextScorer(Scorer):
     """Item metrics (ANLS, exact match, ...) of plain-text answers against every gold answer of the item.
 
     Items without gold answers (a hidden test split) are generated but not scored: `scored` counts the rest.
+    `unreadable_sources` has one source name per eval item that was dropped as a bad sample but has gold
+    answers: each scores 0 in the metrics, as official DocVQA scoring counts every question, and the mean over
+    the scored items alone is reported beside them as `<metric>_over_readable`.
     """
 
     def __init__(
@@ -109,8 +113,10 @@ class TextScorer(Scorer):
         metrics: Sequence[str] = ("anls", "levenshtein", "exact_match"),
         sources: Sequence[str] | None = None,
         source_metrics: dict[str, Sequence[str]] | None = None,
+        unreadable_sources: Sequence[str] = (),
     ) -> None:
         super().__init__(processor, len(references), sources)
+        self.unreadable_sources = list(unreadable_sources)
         if not metrics:
             raise ValueError("metrics must name at least one metric")
         self.source_metrics = {name: tuple(names) for name, names in (source_metrics or {}).items()}
@@ -136,7 +142,17 @@ class TextScorer(Scorer):
         position = {row: k for k, row in enumerate(rows)}
         for k, i in enumerate(scored):
             items[position[i]] = {m: values[k] for m, values in per_metric.items()}
-        means = {m: mean(values) for m, values in per_metric.items() if values}
+        unreadable = sum(source is None or s == source for s in self.unreadable_sources)
+        means = {}
+        for metric, values in per_metric.items():
+            if unreadable:  # skipped items score 0: the headline counts every item
+                means[metric] = sum(values) / (len(values) + unreadable)
+                if values:
+                    means[f"{metric}_over_readable"] = mean(values)
+            elif values:
+                means[metric] = mean(values)
+        if unreadable:
+            means["unreadable"] = unreadable
         if source is None:
             means["scored"] = len(scored)
         return items, means
@@ -151,6 +167,9 @@ class BoxScorer(Scorer):
     """
 
     metric_names = MAP_KEYS
+    # Items dropped as bad samples: their gold boxes are all missed. The image size is unknown (the image may
+    # not decode), and scale does not matter here: IoU is scale-free and MAP_KEYS have no area ranges.
+    _DROPPED_SIZE = (1000, 1000)
 
     def __init__(
         self,
@@ -159,13 +178,19 @@ class BoxScorer(Scorer):
         image_sizes: list[tuple[int, int]],
         box_tasks: list[str],
         sources: Sequence[str] | None = None,
+        unreadable: Sequence[tuple[str, str, str]] = (),
     ) -> None:
+        """`unreadable`: (source, gold target, box task) of each eval item dropped as a bad sample."""
         super().__init__(processor, len(references), sources)
         if not len(references) == len(image_sizes) == len(box_tasks):
             raise ValueError("references, image_sizes and box_tasks must have one entry per eval item")
         self.image_sizes = image_sizes
         self.box_tasks = box_tasks
         self.gold = [self.parse(i, text) for i, text in enumerate(references)]
+        self.unreadable = [
+            (source, parse_boxes(processor, target, task, self._DROPPED_SIZE))
+            for source, target, task in unreadable
+        ]
 
     def parse(self, item: int, text: str) -> Boxes:
         """Boxes and labels in pixels of item `item`'s image, from Florence-2 output text."""
@@ -182,8 +207,19 @@ class BoxScorer(Scorer):
         self, rows: list[int], texts: list[str], source: str | None = None
     ) -> tuple[list[dict[str, float] | None], dict[str, float]]:
         predicted = [self.parse(i, texts[i]) for i in rows]
-        # mAP is a corpus metric: items carry no score of their own.
-        return [None] * len(rows), mean_average_precision(predicted, [self.gold[i] for i in rows])
+        gold = [self.gold[i] for i in rows]
+        missed = [boxes for s, boxes in self.unreadable if source is None or s == source]
+        # mAP is a corpus metric: items carry no score of their own. Skipped items count as all boxes missed.
+        metrics = mean_average_precision(
+            predicted + [{"bboxes": [], "labels": []}] * len(missed), gold + missed
+        )
+        if missed:
+            metrics |= {
+                f"{key}_over_readable": value
+                for key, value in mean_average_precision(predicted, gold).items()
+            }
+            metrics["unreadable"] = len(missed)
+        return [None] * len(rows), metrics
 
 
 def dataset_image_sizes(dataset: Dataset) -> list[tuple[int, int]]:
@@ -192,9 +228,15 @@ def dataset_image_sizes(dataset: Dataset) -> list[tuple[int, int]]:
     return [image_size(image) for batch in undecoded.iter(batch_size=256) for image in batch["image"]]
 
 
-def build_scorer(processor: ProcessorMixin, dataset: Dataset, sources: list[DataSource]) -> Scorer:
+def build_scorer(
+    processor: ProcessorMixin,
+    dataset: Dataset,
+    sources: list[DataSource],
+    dropped: Sequence[DroppedItem] = (),
+) -> Scorer:
     """The scorer of an eval set drawn from `sources`: one source's text metrics (a mixture: `MIXTURE_METRICS`
-    overall plus each source's own), or mAP when the sources are box tasks."""
+    overall plus each source's own), or mAP when the sources are box tasks. `dropped` are the eval items
+    `check_samples` skipped: those with gold answers score 0 (text metrics) or have every box missed (mAP)."""
     references = column_values(dataset, "answers")
     item_sources = column_values(dataset, "source")
     per_source = item_sources if len(sources) > 1 else None
@@ -212,6 +254,11 @@ def build_scorer(processor: ProcessorMixin, dataset: Dataset, sources: list[Data
             image_sizes=dataset_image_sizes(dataset),
             box_tasks=[box_tasks[name] for name in item_sources],
             sources=per_source,
+            unreadable=[
+                (item.source, item.answers[0], box_tasks[item.source])
+                for item in dropped
+                if item.answers and item.source in box_tasks
+            ],
         )
     return TextScorer(
         processor,
@@ -219,4 +266,5 @@ def build_scorer(processor: ProcessorMixin, dataset: Dataset, sources: list[Data
         metrics=sources[0].metrics if per_source is None else MIXTURE_METRICS,
         sources=per_source,
         source_metrics=None if per_source is None else {source.name: source.metrics for source in sources},
+        unreadable_sources=[item.source for item in dropped if item.scorable],
     )

@@ -33,6 +33,7 @@ from florence_recipes.data import DataSource, column_values
 from florence_recipes.errors import RecipeError
 from florence_recipes.model_card import add_usage, usage_section
 from florence_recipes.plots import TrainingCurvesCallback
+from florence_recipes.provenance import SourceRecord, TrainingRecord, observed_format, write_record
 from florence_recipes.scoring import Scorer, build_scorer
 from florence_recipes.speed import (
     ImageFeatureCache,
@@ -43,6 +44,7 @@ from florence_recipes.speed import (
     merge_image_features,
     restore_dataset_order,
 )
+from florence_recipes.validation import DroppedItem
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +57,8 @@ class FlorenceTrainer(Seq2SeqTrainer):
     """`Seq2SeqTrainer` for Florence-2 recipes; see the module docstring.
 
     `sources` are the run's data sources (`florence_recipes.data.data_sources`): they decide how the eval set is
-    scored. `max_target_length` caps the tokenised targets; `training_mode` goes into the model card.
+    scored. `max_target_length` caps the tokenised targets; `training_mode` goes into the model card and the
+    training record. `eval_dropped` are the eval items `check_samples` dropped: the scorer counts them as 0.
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class FlorenceTrainer(Seq2SeqTrainer):
         max_target_length: int = 128,
         training_mode: str = "full",
         callbacks: list[Any] | None = None,
+        eval_dropped: list[DroppedItem] | None = None,
     ) -> None:
         self.eval_order = None
         if eval_dataset is not None and args.group_eval_by_length:
@@ -80,7 +84,7 @@ class FlorenceTrainer(Seq2SeqTrainer):
             eval_dataset = eval_dataset.select(self.eval_order)
         self.scorer: Scorer | None = None
         if eval_dataset is not None and args.predict_with_generate:
-            self.scorer = build_scorer(processor, eval_dataset, sources)
+            self.scorer = build_scorer(processor, eval_dataset, sources, dropped=eval_dropped or ())
         self.nonfinite_guard = NonFiniteLossGuard(args.nonfinite_loss_patience)
         super().__init__(
             model=model,
@@ -97,6 +101,8 @@ class FlorenceTrainer(Seq2SeqTrainer):
         )
         self.sources = sources
         self.training_mode = training_mode
+        self.max_target_length = max_target_length
+        self.record = self._training_record(train_dataset if train_dataset is not None else eval_dataset)
         self.feature_cache: ImageFeatureCache | None = None
 
     # --- training --------------------------------------------------------------------------------------
@@ -231,6 +237,39 @@ class FlorenceTrainer(Seq2SeqTrainer):
 
     # --- saving -----------------------------------------------------------------------------------------
 
+    def _training_record(self, dataset: Any) -> TrainingRecord:
+        """What `florence_recipes.json` says: per source its task and the prompt format its rows really use
+        (read from a map-style dataset's prompts; a stream is assumed to follow its task's format)."""
+        prompts: dict[str, list[str]] = {}
+        if isinstance(dataset, Dataset):
+            for source, prompt in zip(
+                column_values(dataset, "source"), column_values(dataset, "prompt"), strict=True
+            ):
+                prompts.setdefault(source, []).append(prompt)
+        sources = tuple(
+            SourceRecord(
+                name=source.name,
+                task=source.task.name,
+                prompt_format=observed_format(source.task, prompts.get(source.name, [])),
+                dataset=source.dataset,
+                config=source.config,
+            )
+            for source in self.sources
+        )
+        return TrainingRecord(
+            sources=sources,
+            max_target_length=self.max_target_length,
+            generation_max_length=self.args.generation_max_length,
+            generation_num_beams=self.args.generation_num_beams,
+            training_mode=self.training_mode,
+        )
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save as the Trainer does, plus the training record (checkpoints, the final model, Hub pushes)."""
+        super().save_model(output_dir, _internal_call=_internal_call)
+        if self.args.should_save:
+            write_record(output_dir or self.args.output_dir, self.record)
+
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
         super().create_model_card(*args, **kwargs)
         card = Path(self.args.output_dir) / "README.md"
@@ -240,8 +279,7 @@ class FlorenceTrainer(Seq2SeqTrainer):
         usage = usage_section(
             repo=self.args.hub_model_id or self.args.output_dir,
             prompt=task.example_prompt,
-            task=task.name,
-            mode=self.training_mode,
+            record=self.record,
             max_tokens=self.args.generation_max_length,
             num_beams=self.args.generation_num_beams or 1,
             box_task=task.box_task,
@@ -265,6 +303,7 @@ class FlorenceTrainer(Seq2SeqTrainer):
             if self.args.should_save:
                 merged.save_pretrained(output_dir)
                 self.processing_class.save_pretrained(output_dir)
+                write_record(output_dir, self.record)
 
 
 def _require_map_style(dataset: Any, option: str) -> None:

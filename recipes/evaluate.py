@@ -11,6 +11,11 @@ writes to OUTPUT_DIR:
   submission.json    the official DocVQA format, [{"questionId": int, "answer": str}] (test split too)
   report.html        per-type bar chart and the worst examples with thumbnails
 
+The task, `--max_target_length` and the generation settings default to the checkpoint's training record (the
+`florence_recipes.json` every recipe saves with a model); a `--task` it was not trained on gets one warning
+line. With `--on_bad_sample skip`, unreadable items score 0 in the metrics (the mean over the readable ones is
+`<metric>_over_readable`) and get an empty answer in submission.json.
+
 Scoring is the training recipe's own (`FlorenceTrainer` evaluation with the same scorer), so `metrics.json`
 equals the recipe's `eval_*` numbers for the same checkpoint, split and generation settings. The data options are
 the recipe's (`--dataset_mixture`, `--streaming`, `--on_bad_sample`, ...); training-only ones are refused.
@@ -27,17 +32,21 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 from pathlib import Path
 
 from florence_recipes.builders import build_offline_fixtures
 from florence_recipes.cli import run_recipe, setup_logging
 from florence_recipes.data import data_sources, load_eval_dataset
 from florence_recipes.evaluation import (
+    apply_training_record,
     evaluate_model,
+    given_options,
     parse_evaluation_args,
     reject_training_options,
     write_evaluation,
 )
+from florence_recipes.provenance import read_record
 from florence_recipes.report import write_comparison_report, write_report
 from florence_recipes.validation import bad_sample_metrics, check_samples
 
@@ -46,6 +55,10 @@ logger = logging.getLogger(__name__)
 
 def main() -> None:
     model_args, data_args, eval_args = parse_evaluation_args()
+    setup_logging()
+    # The task, target length and generation settings the checkpoint was trained and evaluated with.
+    record = read_record(model_args.model_name_or_path, model_args.model_revision)
+    apply_training_record(record, data_args, eval_args, given_options(sys.argv[1:]))
     training_args = eval_args.trainer_arguments(data_args.max_target_length)
     setup_logging(training_args.should_log)
 
@@ -73,6 +86,14 @@ def main() -> None:
             num_proc=data_args.preprocessing_num_workers,
         )
     logger.info("%s: %d examples on %d process(es)", where, len(dataset), training_args.world_size)
+    dropped = bad_samples.dropped if bad_samples else []
+    if dropped:
+        logger.warning(
+            "%d eval item(s) skipped as bad samples: each scores 0 in the metrics (the mean over the readable "
+            "items is <metric>_over_readable) and gets an empty answer in %s",
+            len(dropped),
+            "submission.json",
+        )
 
     ######################################
     # Generate and score, as the recipe does
@@ -88,6 +109,7 @@ def main() -> None:
             sources,
             training_args,
             data_args.max_target_length,
+            dropped=dropped,
         )
         results[subdir].metrics = {
             "model": checkpoint,
@@ -107,7 +129,7 @@ def main() -> None:
     output_dir = Path(eval_args.output_dir)
     title = f"{where} ({data_args.eval_split})"
     for subdir, result in results.items():
-        write_evaluation(output_dir / subdir, result.records, result.metrics)
+        write_evaluation(output_dir / subdir, result.records, result.metrics, result.dropped)
         write_report(
             output_dir / subdir,
             result.records,
@@ -118,7 +140,7 @@ def main() -> None:
             subtitle=f"task {result.metrics['task']}",
             gallery_size=eval_args.gallery_size,
         )
-        shown = (*result.metric_names, "count", "skipped")
+        shown = (*result.metric_names, "count", "skipped", "unreadable")
         headline = {key: result.metrics[key] for key in shown if key in result.metrics}
         logger.info("%s: %s -> %s", result.checkpoint, headline, output_dir / subdir)
     if "baseline" in results:

@@ -376,6 +376,9 @@ def test_recipe_skips_and_reports_counts(zoo_dir: Path, tiny_model_dir: Path, tm
     assert results["train_targets_truncated"] == 1
     assert (results["eval_bad_samples"], results["eval_bad_samples_image_unreadable"]) == (1, 1)
     assert results["eval_samples"] == 2
+    # The unreadable eval item scores 0 in the headline; the mean over the readable ones is beside it.
+    assert (results["eval_unreadable"], results["eval_scored"]) == (1, 2)
+    assert results["eval_anls"] == pytest.approx(results["eval_anls_over_readable"] * 2 / 3)
 
 
 def test_recipe_names_a_missing_dataset_before_loading_the_model(tmp_path: Path) -> None:

@@ -217,7 +217,12 @@ def test_evaluate_runs_the_bad_sample_policy_and_refuses_training_options(
 
     evaluate(*args, "--on_bad_sample", "skip", "--output_dir", str(tmp_path / "b"))
     records, metrics, _ = read_run(tmp_path / "b")
-    assert metrics["count"] == len(records) == 4 and metrics["bad_samples_image_missing"] == 1
+    assert metrics["count"] == 4 and metrics["bad_samples_image_missing"] == 1
+    # The skipped item is still in predictions.jsonl, unanswered, and scores 0 in the metrics (issue 15).
+    assert (
+        len(records) == 5 and records[2]["bad_sample"] == "image_missing" and records[2]["prediction"] == ""
+    )
+    assert metrics["unreadable"] == 1
 
     for option in (("--max_train_samples", "3"), ("--train_split", "validation")):
         result = subprocess.run(
