@@ -33,7 +33,14 @@ import torch
 from transformers import AutoImageProcessor, Florence2Config, Florence2ForConditionalGeneration
 
 from florence_recipes.benchmark import CUDA_PEAK_TFLOPS, count_flops
-from florence_recipes.builders.model import ARCHITECTURES, build_config, image_seq_length
+from florence_recipes.builders.model import (
+    ARCHITECTURES,
+    RELEASED_VOCAB_SIZE,
+    build_config,
+    build_processor,
+    image_seq_length,
+    padded_vocab_size,
+)
 
 if TYPE_CHECKING:
     from florence_recipes.configs import DataArguments, FlorenceTrainingArguments, ModelArguments
@@ -47,10 +54,6 @@ H100_PEAK_TFLOPS = CUDA_PEAK_TFLOPS["H100"]  # dense bf16, SXM datasheet
 DEFAULT_MFU = 0.35  # FlorenceTrainingArguments.budget_mfu defaults to it
 # One training sample as the FLOPs are counted: DocVQA-like prompt and answer lengths (README "Speed").
 SAMPLE_SHAPE = {"prompt_tokens": 20, "target_tokens": 12}
-RELEASED_VOCAB_SIZE = 51_289  # Florence-2's tokenizer (base and large)
-RELEASED_IMAGE_TOKEN_ID = (
-    RELEASED_VOCAB_SIZE - 1
-)  # any id inside the vocabulary: it does not change the FLOPs
 
 
 @dataclass(frozen=True)
@@ -141,18 +144,17 @@ def count_sample_flops(config: Florence2Config, image_size: int) -> SampleFlops:
 
 
 def regenerate_table(sizes: tuple[str, ...] = ("tiny", "base", "large")) -> dict[str, dict[str, int]]:
-    """Fresh counts for the builders' architectures; base/large with the released vocabulary, tiny with the
-    tiny builder's (what `build_random_florence2(size="tiny")` writes)."""
-    from florence_recipes.builders.model import build_processor
-
+    """Fresh counts for the builders' architectures, with exactly the vocabulary `build_random_florence2` gives
+    each size (base/large: the released 51,289 tokens + `<image>`, embedding padded to 51,328 rows)."""
     table = {}
     for size in sizes:
         image_size = ARCHITECTURES[size]["image_size"]
         if size == "tiny":
-            tokenizer = build_processor(image_size).tokenizer
-            vocab, image_token = (len(tokenizer) + 63) // 64 * 64, tokenizer.image_token_id
-        else:
-            vocab, image_token = RELEASED_VOCAB_SIZE, RELEASED_IMAGE_TOKEN_ID
+            tokenizer = build_processor(image_size, ARCHITECTURES[size]["text_vocab"]).tokenizer
+            num_tokens, image_token = len(tokenizer), tokenizer.image_token_id
+        else:  # the same layout, without training a 50k-token tokenizer to count FLOPs
+            num_tokens, image_token = RELEASED_VOCAB_SIZE + 1, RELEASED_VOCAB_SIZE
+        vocab = padded_vocab_size(num_tokens)
         flops = count_sample_flops(build_config(size, vocab, image_token), image_size)
         table[size] = {"image_size": image_size, "vocab_size": vocab, **asdict(flops)}
     return table

@@ -386,6 +386,7 @@ register_task(
         convert_batch=_convert_docmatix,
         metrics=("anls", "exact_match"),
         example_prompt=DOCVQA_PROMPT + "What is the invoice number?",
+        prompt_format=DOCVQA_PROMPT + "{question}",  # each user turn behind the DocVQA task token
         image_feature=[Image(decode=False)],
         describe_rows=_describe_cauldron,
     )
