@@ -420,8 +420,9 @@ def prepare_data(settings: BenchmarkSettings, eval_samples: int) -> BenchmarkDat
         work_dir / f"{settings.model_size}-florence2", size=settings.model_size
     )
     train_batches = settings.warmup_steps + settings.steps + settings.loader_batches
-    batch_size = settings.batch_size or BLOG_BATCH_SIZE  # enough rows for the largest batch it may run
-    num_train_docs = math.ceil(train_batches * batch_size / QUESTIONS_PER_DOCUMENT)
+    num_train_docs = math.ceil(
+        train_batches * (settings.batch_size or BLOG_BATCH_SIZE) / QUESTIONS_PER_DOCUMENT
+    )
     num_eval_docs = math.ceil(eval_samples / QUESTIONS_PER_DOCUMENT)
     width, height = settings.document_size
     data_dir = write_synthetic_docvqa(
@@ -671,13 +672,15 @@ def run_benchmark(settings: BenchmarkSettings, command: str = "") -> dict[str, A
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     eval_samples = settings.eval_samples or (128 if device.type == "cuda" else 6)
     peak_tflops, peak_source = resolve_peak_tflops(device, settings.peak_tflops)
-    data = prepare_data(settings, eval_samples)
-    # Before either path loads: stop with a batch that fits rather than be killed for memory half-way.
+    # Before either path loads: stop with a batch that fits rather than be killed for memory half-way (the
+    # estimate needs the model and one document, not the data of a batch that may not fit).
     available = available_memory(device)
-    estimates = estimate_training_memory(data, settings.mode, device, settings.recipe_config())
+    probe = prepare_data(dataclasses.replace(settings, batch_size=1, steps=1, loader_batches=1), 1)
+    estimates = estimate_training_memory(probe, settings.mode, device, settings.recipe_config())
     settings = dataclasses.replace(
         settings, batch_size=resolve_batch_size(settings.batch_size, estimates, available, device)
     )
+    data = prepare_data(settings, eval_samples)
     output_dir = settings.work_dir / "runs" / f"{settings.model_size}-{settings.mode}"
     # Ours first: its peak memory is then not inflated by memory the blog loop freed but the allocator kept.
     yaml_beams = parse_yaml_value(settings.recipe_config(), "generation_num_beams", 1)
