@@ -47,7 +47,13 @@ from florence_recipes.blog_loop import (
     blog_train_step,
 )
 from florence_recipes.builders import build_random_florence2, write_synthetic_docvqa
-from florence_recipes.configs import TRAINING_MODES, ModelArguments, cpu_has_native_bf16, parse_recipe_args
+from florence_recipes.configs import (
+    TRAINING_MODES,
+    ModelArguments,
+    cpu_bf16_wanted,
+    cpu_has_native_bf16,
+    parse_recipe_args,
+)
 from florence_recipes.data import column_values, data_sources, load_task_split
 from florence_recipes.errors import RecipeError
 from florence_recipes.modeling import apply_training_mode, load_model, load_processor, set_generation_length
@@ -299,12 +305,13 @@ def _loader_samples_per_s(batches: Iterator[Any], num_batches: int, batch_size: 
 # --- memory: estimated before anything large is loaded ---------------------------------------------------
 
 GIB = 1024**3
-# On top of the tensors a forward saves for backward: backward's transient activation gradients, the
-# allocator's fragmentation and (CPU) the DataLoader's batches. Measured peaks of base full on CPU stay below.
-ACTIVATION_HEADROOM = 1.5
+# On top of the tensors a forward saves for backward: backward's transient activation gradients (a few layers'
+# worth at a time), the allocator's fragmentation and (CPU) the DataLoader's batches. Not yet calibrated
+# against measured base/large peaks on a quiet machine.
+ACTIVATION_HEADROOM = 1.25
 # Fraction of the memory free now that a run may plan to use: the rest absorbs what the estimate leaves out
 # (CUDA context and workspaces, the Python heap growing, memory the first path freed but the allocator kept).
-USABLE_FRACTION = 0.85
+USABLE_FRACTION = 0.9
 
 
 @dataclass
@@ -374,8 +381,8 @@ def estimate_training_memory(
     per_sample = math.ceil(activations * ACTIVATION_HEADROOM)
     weight_bytes = torch.empty((), dtype=getattr(torch, recipe.get("torch_dtype", "float32"))).element_size()
     ours_fixed = parameters * weight_bytes + trainable * (weight_bytes + 8)
-    if recipe.get("bf16") or recipe.get("fp16"):
-        ours_fixed += parameters * 2
+    if recipe.get("fp16") or (recipe.get("bf16") and (device.type != "cpu" or cpu_bf16_wanted("auto"))):
+        ours_fixed += parameters * 2  # autocast's per-forward low-precision copies of the weights
     return {
         "seed": MemoryEstimate(parameters * 4 + trainable * 12, per_sample),
         "ours": MemoryEstimate(ours_fixed, per_sample),
