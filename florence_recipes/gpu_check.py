@@ -150,6 +150,9 @@ def yaml_batch(size: str, mode: str) -> int:
 
 
 def _peak(plan: CheckPlan) -> float:
+    if plan.dry_run and plan.peak_tflops is None:
+        # A short fp32 matmul measurement instead of the benchmark's longer one: MFU of a tiny model is no goal.
+        return measure_matmul_tflops(plan.device, torch.float32, 512)
     return resolve_peak_tflops(plan.device, plan.peak_tflops)[0]
 
 
@@ -645,15 +648,10 @@ def run_checks(plan: CheckPlan, names: list[str] | None = None, command: str = "
     os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
     if not plan.dry_run and not torch.cuda.is_available():
         raise RecipeError("no CUDA device: run on a GPU machine, or pass --dry-run for the CPU rehearsal")
-    if plan.dry_run and plan.peak_tflops is None:
-        # MFU needs a peak; a short matmul measurement here instead of the benchmark's longer one per check.
-        plan = dataclasses.replace(
-            plan, peak_tflops=measure_matmul_tflops(torch.device("cpu"), torch.float32, 512)
-        )
     plan.work_dir.mkdir(parents=True, exist_ok=True)
-    # Checks are forked from this process, which imported the libraries once and never initialises CUDA
-    # (NVML answered `is_available` above): each starts in a second instead of re-importing, and a CUDA
-    # failure in one cannot leak into the next.
+    # Checks are forked from this process, which imported the libraries once and computes nothing itself: no
+    # CUDA context (NVML answered `is_available` above) and no OpenMP thread pool, neither of which survives a
+    # fork. Each check starts in a second instead of re-importing, and a failure in one cannot leak into the next.
     context = multiprocessing.get_context("fork")
     deadline = time.perf_counter() + plan.time_budget_s
     results: dict[str, Any] = {}
