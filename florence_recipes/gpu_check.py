@@ -617,6 +617,8 @@ def run_isolated(
     result_path.unlink(missing_ok=True)
     start = time.perf_counter()
     process = context.Process(target=_child, args=(name, plan, earlier, result_path, log_path))
+    sys.stdout.flush()  # a forked child must not inherit (and later write out) the parent's buffered output
+    sys.stderr.flush()
     process.start()
     process.join(timeout_s)
     if process.is_alive():
