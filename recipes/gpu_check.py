@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--time-budget",
         type=float,
         default=None,
-        help="Seconds for all checks (default: 450 GPU, 170 dry run).",
+        help="Seconds for all checks (default: 450 GPU, 600 dry run).",
     )
     parser.add_argument("--work-dir", type=Path, default=Path(".cache/gpu_check"), help="Models, data, logs.")
     parser.add_argument(
@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     setup_logging()
-    budget = args.time_budget or (170.0 if args.dry_run else 450.0)
+    budget = args.time_budget or (600.0 if args.dry_run else 450.0)
     plan = CheckPlan(
         dry_run=args.dry_run, work_dir=args.work_dir, time_budget_s=budget, peak_tflops=args.peak_tflops
     )
