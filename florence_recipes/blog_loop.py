@@ -99,8 +99,10 @@ def blog_generate(
     device: torch.device,
     max_new_tokens: int,
     task: str = "<DocVQA>",
+    num_beams: int = BLOG_NUM_BEAMS,
 ) -> str:
-    """The blog's demo `run_example`: one example, beam search with 3 beams, then post-processing."""
+    """The blog's demo `run_example`: one example, beam search with 3 beams (`num_beams` to compare with
+    greedy decoding at equal beams), then post-processing."""
     if image.mode != "RGB":
         image = image.convert("RGB")
     inputs = processor(text=prompt, images=image, return_tensors="pt").to(device)
@@ -108,7 +110,7 @@ def blog_generate(
         input_ids=inputs["input_ids"],
         pixel_values=inputs["pixel_values"],
         max_new_tokens=max_new_tokens,
-        num_beams=BLOG_NUM_BEAMS,
+        num_beams=num_beams,
     )
     generated_text = processor.batch_decode(generated_ids, skip_special_tokens=False)[0]
     parsed = processor.post_process_generation(

@@ -9,6 +9,7 @@ flag overrides them — is a few lines on top of it.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import sys
 from dataclasses import dataclass, field, fields
@@ -25,6 +26,9 @@ ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 TORCH_DTYPES = ("auto", "float32", "bfloat16", "float16")
 MIXTURE_STOPPING_STRATEGIES = ("first_exhausted", "all_exhausted")
 FEATURE_CACHE_STORAGES = ("none", "memory", "disk")
+CPU_BF16_CHOICES = ("auto", "true", "false")
+
+logger = logging.getLogger(__name__)
 NO_IMAGE_POLICIES = ("skip", "blank")  # rows without an image (florence_recipes.tasks)
 MULTI_IMAGE_POLICIES = ("skip", "first", "concat")  # rows with several images (florence_recipes.tasks)
 BAD_SAMPLE_POLICIES = ("raise", "skip")  # florence_recipes.validation
@@ -358,7 +362,23 @@ class FlorenceTrainingArguments(Seq2SeqTrainingArguments):
         },
     )
 
+    cpu_bf16: str = field(
+        default="auto",
+        metadata={
+            "help": "What `bf16: true` means in a run on the CPU. auto: bf16 autocast only on a CPU with native "
+            "bf16 matmuls (AVX512-BF16 / AMX), else fp32, since emulated bf16 matmuls are many times slower "
+            "than fp32 ones; true: always autocast; false: always fp32. GPU runs are unaffected.",
+            "choices": CPU_BF16_CHOICES,
+        },
+    )
+
     def __post_init__(self) -> None:
+        _check_choice("cpu_bf16", self.cpu_bf16, CPU_BF16_CHOICES)
+        if self.bf16 and runs_on_cpu(self.use_cpu) and not cpu_bf16_wanted(self.cpu_bf16):
+            logger.info(
+                "bf16: true runs as fp32 on this CPU (cpu_bf16=%s; no native bf16 matmuls)", self.cpu_bf16
+            )
+            self.bf16 = False
         if self.dataloader_num_workers == 0:
             # Persistent workers need workers; 0 means the main process loads the data.
             self.dataloader_persistent_workers = False
@@ -415,6 +435,28 @@ class FlorenceTrainingArguments(Seq2SeqTrainingArguments):
         state = self.__dict__.copy()
         state.update({name: None for name in state if name.endswith("_token")})
         return state
+
+
+def runs_on_cpu(use_cpu: bool) -> bool:
+    """Whether a Trainer run will compute on the CPU (asked for, or no accelerator present)."""
+    import torch
+
+    return (
+        use_cpu
+        or parse_flag_from_env("ACCELERATE_USE_CPU")
+        or not (torch.cuda.is_available() or torch.xpu.is_available() or torch.backends.mps.is_available())
+    )
+
+
+def cpu_has_native_bf16() -> bool:
+    """oneDNN runs bf16 matmuls in hardware (AVX512-BF16 or AMX); without, it emulates them, slowly."""
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def cpu_bf16_wanted(cpu_bf16: str) -> bool:
+    return cpu_bf16 == "true" or (cpu_bf16 == "auto" and cpu_has_native_bf16())
 
 
 def check_precision(model_args: ModelArguments, training_args: FlorenceTrainingArguments) -> None:

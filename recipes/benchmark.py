@@ -33,7 +33,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--warmup-steps", type=int, default=1, help="Untimed steps first (FLOPs counted on the first)."
     )
     parser.add_argument(
-        "--batch-size", type=int, default=6, help="Per-device batch of both paths (the blog's: 6)."
+        "--batch-size",
+        type=int,
+        default=None,
+        help="Per-device batch of both paths. Default: the blog's 6, or the largest below it that fits in memory "
+        "(estimated before loading; a batch that does not fit stops with one that does).",
     )
     parser.add_argument("--eval-samples", type=int, default=None, help="Default: 6 on CPU, 128 on CUDA.")
     parser.add_argument(
