@@ -21,9 +21,11 @@ A local checkpoint folder (e.g. the tiny smoke model) is counted fresh from its 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING
 import datasets
 import torch
 from transformers import AutoImageProcessor, Florence2Config, Florence2ForConditionalGeneration
+from transformers.integrations import deepspeed as hf_deepspeed
 
 from florence_recipes.benchmark import CUDA_PEAK_TFLOPS, count_flops
 from florence_recipes.builders.model import (
@@ -113,12 +116,24 @@ class SampleFlops:
         return round(text + vision / max(questions_per_image, 1.0))
 
 
+@contextlib.contextmanager
+def _plain_construction() -> Iterator[None]:
+    """Build the counting model as plain torch modules, also inside a DeepSpeed ZeRO-3 run: there transformers
+    initialises new weights through collective ZeRO-3 calls, and only the first process counts (a hang)."""
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref  # transformers has a setter and an unsetter, no getter
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
 def count_sample_flops(config: Florence2Config, image_size: int) -> SampleFlops:
     """Count one sample of SAMPLE_SHAPE through the model's own forward (image tokens + prompt, labels) and
     backward, on CPU. The weights are allocated but never initialised (`to_empty`): FLOPs depend on shapes
     only, and the large model's random init would take longer than the count. (The meta device would need no
     memory, but the model reads tensor values in its image-token and attention-mask checks.)"""
-    with torch.device("meta"):
+    with _plain_construction(), torch.device("meta"):
         model = Florence2ForConditionalGeneration(config)
     model = model.to_empty(device="cpu").train()
     pixels = torch.zeros(1, 3, image_size, image_size)

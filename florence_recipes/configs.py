@@ -373,7 +373,14 @@ class FlorenceTrainingArguments(Seq2SeqTrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        # Checked before the parent's __post_init__, whose own messages are a device error (bf16 on CPU) or a
+        # traceback from inside the DeepSpeed integration, and before cpu_bf16 may turn bf16 off.
+        if self.bf16 and self.fp16:
+            raise ValueError(
+                "bf16 and fp16 are both true: choose one mixed precision (bf16 where the GPU has it)"
+            )
         _check_choice("cpu_bf16", self.cpu_bf16, CPU_BF16_CHOICES)
+        self.requested_bf16 = self.bf16  # what the recipe asked for, checked against the weights' dtype
         if self.bf16 and runs_on_cpu(self.use_cpu) and not cpu_bf16_wanted(self.cpu_bf16):
             logger.info(
                 "bf16: true runs as fp32 on this CPU (cpu_bf16=%s; no native bf16 matmuls)", self.cpu_bf16
@@ -391,12 +398,6 @@ class FlorenceTrainingArguments(Seq2SeqTrainingArguments):
             raise ValueError(f"budget_world_size must be >= 1, got {self.budget_world_size}")
         if self.nonfinite_loss_patience < 0:
             raise ValueError(f"nonfinite_loss_patience must be >= 0, got {self.nonfinite_loss_patience}")
-        # Checked before the parent's __post_init__, whose own messages are a device error (bf16 on CPU) or a
-        # traceback from inside the DeepSpeed integration.
-        if self.bf16 and self.fp16:
-            raise ValueError(
-                "bf16 and fp16 are both true: choose one mixed precision (bf16 where the GPU has it)"
-            )
         uses_deepspeed = self.deepspeed or parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
         if uses_deepspeed and importlib.util.find_spec("deepspeed") is None:
             source = f"--deepspeed {self.deepspeed}" if self.deepspeed else "the accelerate DeepSpeed config"
@@ -466,7 +467,7 @@ def check_precision(model_args: ModelArguments, training_args: FlorenceTrainingA
             f"fp16 with torch_dtype={model_args.torch_dtype}: fp16 mixed precision needs float32 weights for "
             "its gradient scaler; use torch_dtype=float32, or bf16 with torch_dtype=bfloat16"
         )
-    if training_args.bf16 and model_args.torch_dtype == "float16":
+    if training_args.requested_bf16 and model_args.torch_dtype == "float16":
         raise ValueError(
             "bf16 with torch_dtype=float16: load the weights in float32 (mixed precision) or bfloat16"
         )

@@ -52,7 +52,9 @@ def test_image_and_turn_fractions_within_4_sigma_streamed(
     p, q = 0.3, 0.4
     rows, total_turns = len(turns_per_row), sum(turns_per_row)
     images_only = _train_examples(docmatix_dir, tmp_path, True, image_fraction=p)
-    kept_rows = {example["image_id"] for example in images_only}
+    # A row is one document: its examples' ids are <source>-<split>-<row>-<turn> (image ids are content digests,
+    # and the fixture's documents share pictures).
+    kept_rows = {example["id"].rsplit("-", 1)[0] for example in images_only}
     assert _within_4_sigma(len(kept_rows), rows * p, rows * p * (1 - p)), (len(kept_rows), rows)
     assert len(images_only) < total_turns  # every turn of a kept row, and only those
     # Each row: kept with probability p, then each of its n turns with probability q (independent coins), so
@@ -63,7 +65,7 @@ def test_image_and_turn_fractions_within_4_sigma_streamed(
     assert _within_4_sigma(len(both), mean, variance), (len(both), mean, variance)
     # The turn coins are independent of the row coins: the rows seen are the same rows (or fewer, when no turn
     # of a row was kept), and within them about q of the turns survive.
-    assert {example["image_id"] for example in both} <= kept_rows
+    assert {example["id"].rsplit("-", 1)[0] for example in both} <= kept_rows
     n_kept = len(images_only)
     assert _within_4_sigma(len(both), n_kept * q, n_kept * q * (1 - q)), (len(both), n_kept)
     assert all(example["prompt"].startswith("<DocVQA>") for example in both)
