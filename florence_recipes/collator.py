@@ -7,35 +7,16 @@ normalisation and tokenisation happen off the training loop's process, unlike th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from PIL import Image, ImageOps
 from transformers import BatchEncoding, ProcessorMixin
 
-if TYPE_CHECKING:  # speed.py imports this module
-    from florence_recipes.speed import ImageFeatureCache
+from florence_recipes.errors import RecipeError
+from florence_recipes.images import image_groups, to_rgb
+from florence_recipes.speed import ImageFeatureCache
 
 IGNORE_INDEX = -100  # positions the cross-entropy loss skips
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Upright RGB whatever the source mode: EXIF rotation applied, transparency flattened onto white."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit greyscale: rescale to 8 bits instead of clipping everything above 255 to white.
-        extrema = image.getextrema()
-        high = max(int(extrema[1]), 1)
-        image = image.point(lambda v: v * 255.0 / high, mode="F").convert("L")
-    if image.mode == "P":
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, image).convert("RGB")
-    return image.convert("RGB")
 
 
 @dataclass
@@ -46,10 +27,12 @@ class Florence2Collator:
     trained on its padding). The model builds `decoder_input_ids` itself by shifting the labels right
     behind `decoder_start_token_id` (</s>, BART's convention), which is what generation starts from too.
 
-    Two training-only layouts (see `florence_recipes.speed`), both keyed by the rows' `image_id`:
-    `dedup_images` emits `pixel_values` once per unique image plus `image_index` (question -> its image's
-    position in `pixel_values`); `feature_cache` emits each question's cached `image_features` instead of
-    pixels, looked up here in the DataLoader workers, so cached images are never decoded or resized.
+    Two layouts of the speed switches (see `florence_recipes.speed`), both keyed by the rows' `image_id`:
+    `dedup_images` (training and evaluation batches) emits `pixel_values` once per unique image plus
+    `image_index` (question -> its image's position in `pixel_values`). Rows without an `image` column (the
+    training set once `FlorenceTrainer` has cached its features) get each question's cached `image_features`
+    from `feature_cache` instead of pixels, looked up here in the DataLoader workers, so cached images are
+    never decoded or resized.
     """
 
     processor: ProcessorMixin
@@ -59,17 +42,17 @@ class Florence2Collator:
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         prompts = [f["prompt"] for f in features]
-        if self.feature_cache is not None:
+        if "image" not in features[0]:
+            if self.feature_cache is None:
+                raise RecipeError("rows without images need the feature cache (feature_cache: memory|disk)")
             batch = self._encode_prompts(prompts)
             batch["image_features"] = self.feature_cache.lookup([f["image_id"] for f in features])
         elif self.dedup_images:
-            first_images: dict[str, Any] = {}
-            for f in features:
-                first_images.setdefault(f["image_id"], f["image"])
-            position = {image_id: i for i, image_id in enumerate(first_images)}
+            groups = image_groups([f["image_id"] for f in features])
+            position = {image_id: i for i, image_id in enumerate(groups)}
             batch = self._encode_prompts(prompts)
             batch["pixel_values"] = self.processor.image_processor(
-                [to_rgb(image) for image in first_images.values()], return_tensors="pt"
+                [to_rgb(features[rows[0]]["image"]) for rows in groups.values()], return_tensors="pt"
             )["pixel_values"]
             batch["image_index"] = torch.tensor([position[f["image_id"]] for f in features])
         else:

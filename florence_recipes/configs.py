@@ -9,6 +9,7 @@ flag overrides them — is a few lines on top of it.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import sys
 from dataclasses import dataclass, field, fields
@@ -20,14 +21,17 @@ from accelerate.utils import parse_flag_from_env
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 from transformers.training_args import ParallelMode
 
-from florence_recipes.tasks import MULTI_IMAGE_POLICIES, NO_IMAGE_POLICIES
-from florence_recipes.validation import BAD_SAMPLE_POLICIES
-
 TRAINING_MODES = ("full", "frozen_vision", "lora")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 TORCH_DTYPES = ("auto", "float32", "bfloat16", "float16")
 MIXTURE_STOPPING_STRATEGIES = ("first_exhausted", "all_exhausted")
 FEATURE_CACHE_STORAGES = ("none", "memory", "disk")
+CPU_BF16_CHOICES = ("auto", "true", "false")
+
+logger = logging.getLogger(__name__)
+NO_IMAGE_POLICIES = ("skip", "blank")  # rows without an image (florence_recipes.tasks)
+MULTI_IMAGE_POLICIES = ("skip", "first", "concat")  # rows with several images (florence_recipes.tasks)
+BAD_SAMPLE_POLICIES = ("raise", "skip")  # florence_recipes.validation
 
 
 @dataclass
@@ -213,6 +217,21 @@ class DataArguments:
             "choices": MULTI_IMAGE_POLICIES,
         },
     )
+    image_fraction: float = field(
+        default=1.0,
+        metadata={
+            "help": "Multi-turn sources (docmatix, cauldron): keep this seeded share of the training rows (images), "
+            "chosen by a hash of each row's turns and `seed`, so it works when streaming; mixture entries may set "
+            "their own `image_fraction`."
+        },
+    )
+    turn_fraction: float = field(
+        default=1.0,
+        metadata={
+            "help": "Multi-turn sources: keep this seeded share of each kept row's Q/A turns, independently of "
+            "image_fraction (image_fraction 0.2 + turn_fraction 0.2: a fifth of the images, 0.04 of the Q/A pairs)."
+        },
+    )
     on_bad_sample: str = field(
         default="raise",
         metadata={
@@ -241,6 +260,9 @@ class DataArguments:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value}")
+        for name in ("image_fraction", "turn_fraction"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         if self.max_target_length <= 2:
             raise ValueError(
                 f"max_target_length must leave room for <s> and </s>, got {self.max_target_length}"
@@ -315,6 +337,23 @@ class FlorenceTrainingArguments(Seq2SeqTrainingArguments):
             "parameter gets one in the full, frozen_vision and lora modes, so the search only costs time."
         },
     )
+    budget_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Print the run's budget (optimizer steps, samples seen, estimated H100 GPU-hours) and stop, "
+            "before any dataset or model is loaded (offline for Hub datasets of florence_recipes.budget)."
+        },
+    )
+    budget_world_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "GPUs the budget assumes (default: the processes launched); e.g. 8 for an 8-GPU plan."
+        },
+    )
+    budget_mfu: float = field(
+        default=0.35,
+        metadata={"help": "Model FLOPs utilisation the budget's H100 GPU-hours assume (0..1)."},
+    )
     group_eval_by_length: bool = field(
         default=True,
         metadata={
@@ -323,18 +362,42 @@ class FlorenceTrainingArguments(Seq2SeqTrainingArguments):
         },
     )
 
+    cpu_bf16: str = field(
+        default="auto",
+        metadata={
+            "help": "What `bf16: true` means in a run on the CPU. auto: bf16 autocast only on a CPU with native "
+            "bf16 matmuls (AVX512-BF16 / AMX), else fp32, since emulated bf16 matmuls are many times slower "
+            "than fp32 ones; true: always autocast; false: always fp32. GPU runs are unaffected.",
+            "choices": CPU_BF16_CHOICES,
+        },
+    )
+
     def __post_init__(self) -> None:
-        if self.dataloader_num_workers == 0:
-            # Persistent workers need workers; 0 means the main process loads the data.
-            self.dataloader_persistent_workers = False
-        if self.nonfinite_loss_patience < 0:
-            raise ValueError(f"nonfinite_loss_patience must be >= 0, got {self.nonfinite_loss_patience}")
         # Checked before the parent's __post_init__, whose own messages are a device error (bf16 on CPU) or a
-        # traceback from inside the DeepSpeed integration.
+        # traceback from inside the DeepSpeed integration, and before cpu_bf16 may turn bf16 off.
         if self.bf16 and self.fp16:
             raise ValueError(
                 "bf16 and fp16 are both true: choose one mixed precision (bf16 where the GPU has it)"
             )
+        _check_choice("cpu_bf16", self.cpu_bf16, CPU_BF16_CHOICES)
+        self.requested_bf16 = self.bf16  # what the recipe asked for, checked against the weights' dtype
+        if self.bf16 and runs_on_cpu(self.use_cpu) and not cpu_bf16_wanted(self.cpu_bf16):
+            logger.info(
+                "bf16: true runs as fp32 on this CPU (cpu_bf16=%s; no native bf16 matmuls)", self.cpu_bf16
+            )
+            self.bf16 = False
+        if self.dataloader_num_workers == 0:
+            # Persistent workers need workers; 0 means the main process loads the data.
+            self.dataloader_persistent_workers = False
+        if self.budget_only:
+            # Nothing trains: a GPU recipe (bf16) prints its budget on any machine, the laptop included.
+            self.use_cpu = True
+        if not 0 < self.budget_mfu <= 1:
+            raise ValueError(f"budget_mfu must be in (0, 1], got {self.budget_mfu}")
+        if self.budget_world_size is not None and self.budget_world_size < 1:
+            raise ValueError(f"budget_world_size must be >= 1, got {self.budget_world_size}")
+        if self.nonfinite_loss_patience < 0:
+            raise ValueError(f"nonfinite_loss_patience must be >= 0, got {self.nonfinite_loss_patience}")
         uses_deepspeed = self.deepspeed or parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
         if uses_deepspeed and importlib.util.find_spec("deepspeed") is None:
             source = f"--deepspeed {self.deepspeed}" if self.deepspeed else "the accelerate DeepSpeed config"
@@ -375,6 +438,28 @@ class FlorenceTrainingArguments(Seq2SeqTrainingArguments):
         return state
 
 
+def runs_on_cpu(use_cpu: bool) -> bool:
+    """Whether a Trainer run will compute on the CPU (asked for, or no accelerator present)."""
+    import torch
+
+    return (
+        use_cpu
+        or parse_flag_from_env("ACCELERATE_USE_CPU")
+        or not (torch.cuda.is_available() or torch.xpu.is_available() or torch.backends.mps.is_available())
+    )
+
+
+def cpu_has_native_bf16() -> bool:
+    """oneDNN runs bf16 matmuls in hardware (AVX512-BF16 or AMX); without, it emulates them, slowly."""
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def cpu_bf16_wanted(cpu_bf16: str) -> bool:
+    return cpu_bf16 == "true" or (cpu_bf16 == "auto" and cpu_has_native_bf16())
+
+
 def check_precision(model_args: ModelArguments, training_args: FlorenceTrainingArguments) -> None:
     """Refuse mixed-precision flags that contradict the dtype the weights are loaded in."""
     if training_args.fp16 and model_args.torch_dtype in ("bfloat16", "float16"):
@@ -382,7 +467,7 @@ def check_precision(model_args: ModelArguments, training_args: FlorenceTrainingA
             f"fp16 with torch_dtype={model_args.torch_dtype}: fp16 mixed precision needs float32 weights for "
             "its gradient scaler; use torch_dtype=float32, or bf16 with torch_dtype=bfloat16"
         )
-    if training_args.bf16 and model_args.torch_dtype == "float16":
+    if training_args.requested_bf16 and model_args.torch_dtype == "float16":
         raise ValueError(
             "bf16 with torch_dtype=float16: load the weights in float32 (mixed precision) or bfloat16"
         )

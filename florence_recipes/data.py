@@ -3,7 +3,7 @@
 A source is a Hub dataset (DocVQA, a Cauldron subset, ...), a local folder in a Hub layout or imagefolder
 layout (`metadata.jsonl`), or your own `.jsonl` / `.json` / `.parquet` file (or a folder holding
 `{split}.jsonl` / `{split}.parquet`, with image paths relative to it). Each is read with the real
-`datasets.load_dataset` and converted by its task (`florence_recipes.tasks`) to `STANDARD_FEATURES`, so one
+`datasets.load_dataset` and converted by its task (`florence_recipes.tasks`) to `ROW_FEATURES`, so one
 collator, one trainer and one `compute_metrics` serve them all.
 
 Per source (`load_task_split`): read the split -> rename `columns` -> check the task's columns -> resolve
@@ -14,6 +14,8 @@ are then concatenated or interleaved by weight (`mix_datasets`), streamed or not
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 from collections import Counter
@@ -28,34 +30,18 @@ from datasets import Sequence as SequenceFeature
 from datasets.exceptions import DatasetGenerationError
 
 from florence_recipes.errors import RecipeError, first_line
-from florence_recipes.tasks import STANDARD_COLUMNS, TASKS, SourceContext, Task, get_task, register_task
+from florence_recipes.tasks import SourceContext, Task, get_task
 
 if TYPE_CHECKING:
     from transformers import TrainingArguments
 
     from florence_recipes.configs import DataArguments
 
-__all__ = [
-    "MIXTURE_KEYS",
-    "STANDARD_COLUMNS",
-    "STANDARD_FEATURES",
-    "TASKS",
-    "DataSource",
-    "Task",
-    "column_values",
-    "data_sources",
-    "get_task",
-    "load_eval_dataset",
-    "load_task_split",
-    "load_train_dataset",
-    "mix_datasets",
-    "register_task",
-]
-
 logger = logging.getLogger(__name__)
 
-# Images stay undecoded through `map` (no decode/re-encode); they are decoded lazily in DataLoader workers.
-_UNDECODED_FEATURES = Features(
+# The standard rows every source becomes. Images stay undecoded through `map` (no decode/re-encode); the loaders
+# cast them to decoding `Image()` features, so they decode lazily in DataLoader workers.
+ROW_FEATURES = Features(
     {
         "id": Value("string"),  # the source's question / row id, for predictions and submissions
         "image": Image(decode=False),
@@ -67,16 +53,15 @@ _UNDECODED_FEATURES = Features(
         "source": Value("string"),  # task / subset name, for per-source metrics in mixtures
     }
 )
-STANDARD_FEATURES = _UNDECODED_FEATURES.copy()
-STANDARD_FEATURES["image"] = Image()
 
 _LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 # What a streamed split may be: a whole split or a row range (a stream has no length, so no percentages).
 _STREAMED_SPLIT = re.compile(r"(?P<base>[^\[\]:]+)(?:\[(?P<start>\d*):(?P<stop>\d*)\])?")
 STREAMING_SHUFFLE_BUFFER = 1_000  # examples held by the streamed train set's shuffle buffer
-MIXTURE_KEYS = ("dataset", "config", "split", "eval_split", "weight", "fraction", "columns", "task", "name")
-# Mixture-wide eval metrics, defined for any text; each source also gets its own (eval_<source>_<metric>).
-MIXTURE_METRICS = ("exact_match", "levenshtein")
+MIXTURE_KEYS = (
+    "dataset", "config", "split", "eval_split", "weight", "fraction", "columns", "task", "name",
+    "image_fraction", "turn_fraction",
+)  # fmt: skip
 
 
 # --- one source -----------------------------------------------------------------------------------------
@@ -183,6 +168,63 @@ def _absolute_paths(batch: dict[str, list[Any]], column: str, folder: str) -> di
     }
 
 
+def _unit_hash(seed: int, salt: str, key: str) -> float:
+    """A uniform number in [0, 1), fixed by (seed, salt, key): a seeded coin that needs no row order."""
+    digest = hashlib.blake2b(f"{seed}:{salt}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def _unit_hashes(seed: int, salt: str, keys: list[str]) -> list[float]:
+    return [_unit_hash(seed, salt, key) for key in keys]
+
+
+def _row_key(turns: list[dict[str, Any]] | None) -> str:
+    # Docmatix / Cauldron rows have no id column: a row is named by its turns' text, so the selection does not
+    # depend on row order, shards, workers or streaming.
+    return json.dumps([[t.get("user"), t.get("assistant"), t.get("source")] for t in turns or []])
+
+
+def _keep_rows(texts: list[Any], fraction: float, seed: int) -> list[bool]:
+    return [u < fraction for u in _unit_hashes(seed, "images", [_row_key(turns) for turns in texts])]
+
+
+def _keep_turns(texts: list[Any], fraction: float, seed: int) -> dict[str, list[Any]]:
+    kept = []
+    for turns in texts:
+        key = _row_key(turns)
+        coins = _unit_hashes(seed, "turns", [f"{key}:{number}" for number in range(len(turns or []))])
+        kept.append([turn for turn, u in zip(turns or [], coins, strict=True) if u < fraction])
+    return {"texts": kept}
+
+
+def subsample_turns(
+    raw: Dataset | IterableDataset, image_fraction: float, turn_fraction: float, seed: int
+) -> Dataset | IterableDataset:
+    """Rows in The Cauldron's layout (`images`, `texts`): keep each row with probability `image_fraction`,
+    then each of its turns with probability `turn_fraction`, independent seeded coins (a hash of the row's
+    turns, `seed` and the turn number). Lazy on a stream; images stay undecoded."""
+    if image_fraction < 1:
+        raw = raw.filter(
+            _keep_rows,
+            batched=True,
+            input_columns=["texts"],
+            fn_kwargs={"fraction": image_fraction, "seed": seed},
+        )
+    if turn_fraction < 1:
+        raw = raw.map(
+            _keep_turns,
+            batched=True,
+            input_columns=["texts"],
+            fn_kwargs={"fraction": turn_fraction, "seed": seed},
+            features=raw.features,  # unchanged; a stream would otherwise forget its columns
+        )
+    return raw
+
+
+def _is_turn_layout(task: Task) -> bool:
+    return task.image_column == "images" and "texts" in task.required_columns
+
+
 def _standard_rows(
     task: Task,
     dataset_name: str,
@@ -193,8 +235,10 @@ def _standard_rows(
     num_proc: int | None = None,
     streaming: bool = False,
     columns: Mapping[str, str] | None = None,
+    subsample: tuple[float, float, int] | None = None,
 ) -> Dataset | IterableDataset:
-    """Standard rows with undecoded images (`_UNDECODED_FEATURES`)."""
+    """Standard rows with undecoded images (`ROW_FEATURES`); `subsample` = (image_fraction,
+    turn_fraction, seed) for `subsample_turns`."""
     raw, local_folder = _read_split(dataset_name, config, split, streaming)
     where = f"{dataset_name}{f' [{config}]' if config else ''} ({split})"
     if columns:
@@ -213,6 +257,8 @@ def _standard_rows(
     if max_samples is not None:
         raw = raw.take(max_samples) if streaming else raw.select(range(min(max_samples, len(raw))))
     raw = raw.cast_column(task.image_column, task.image_feature)
+    if subsample is not None:
+        raw = subsample_turns(raw, *subsample)
     if task.describe_rows is not None and not streaming:
         logger.info(task.describe_rows(raw, context))
     convert: dict[str, Any] = {
@@ -225,8 +271,8 @@ def _standard_rows(
     if streaming:
         # Typed after the map rather than by it: a stream typed by `map(features=...)` ignores later casts, so
         # its images would never decode (datasets 5.2).
-        return raw.map(**convert).cast(_UNDECODED_FEATURES)
-    return raw.map(**convert, features=_UNDECODED_FEATURES, num_proc=num_proc, desc=f"Standardising {where}")
+        return raw.map(**convert).cast(ROW_FEATURES)
+    return raw.map(**convert, features=ROW_FEATURES, num_proc=num_proc, desc=f"Standardising {where}")
 
 
 def load_task_split(
@@ -282,6 +328,8 @@ class DataSource:
     weight: float | None = None  # sampling weight when interleaving; None: concatenate
     fraction: float = 1.0  # share of the source's examples used (a seeded random subset)
     columns: Mapping[str, str] | None = None  # {task column: dataset column}
+    image_fraction: float = 1.0  # seeded share of a multi-turn source's rows (images), see subsample_turns
+    turn_fraction: float = 1.0  # seeded share of each kept row's turns
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -332,6 +380,12 @@ def _parse_entry(index: int, entry: Any, data_args: DataArguments) -> DataSource
         task.metrics_for(config)  # an unknown or missing Cauldron subset fails here, before any download
     except RecipeError as err:
         raise RecipeError(f"{where}: {err}") from None
+    image_fraction, turn_fraction = _turn_fractions(
+        task,
+        entry.get("image_fraction", data_args.image_fraction),
+        entry.get("turn_fraction", data_args.turn_fraction),
+        where,
+    )
     return DataSource(
         task=task,
         dataset=dataset,
@@ -342,7 +396,21 @@ def _parse_entry(index: int, entry: Any, data_args: DataArguments) -> DataSource
         weight=None if weight is None else float(weight),
         fraction=float(fraction),
         columns=columns,
+        image_fraction=image_fraction,
+        turn_fraction=turn_fraction,
     )
+
+
+def _turn_fractions(task: Task, image_fraction: Any, turn_fraction: Any, where: str) -> tuple[float, float]:
+    for key, value in (("image_fraction", image_fraction), ("turn_fraction", turn_fraction)):
+        if not (_is_number(value) and 0 < value <= 1):
+            raise RecipeError(f"{where}: `{key}` must be a number in (0, 1], got {value!r}")
+    if (image_fraction < 1 or turn_fraction < 1) and not _is_turn_layout(task):
+        raise RecipeError(
+            f"{where}: image_fraction / turn_fraction need a multi-turn source (rows of images + texts, e.g. "
+            f"task docmatix or cauldron); task {task.name!r} has one question per row: use `fraction`"
+        )
+    return float(image_fraction), float(turn_fraction)
 
 
 def _parse_mixture(data_args: DataArguments) -> list[DataSource]:
@@ -396,6 +464,9 @@ def data_sources(data_args: DataArguments, training_args: TrainingArguments) -> 
     if data_args.dataset_mixture is None:
         task = get_task(data_args.task)
         task.metrics_for(data_args.dataset_config)
+        image_fraction, turn_fraction = _turn_fractions(
+            task, data_args.image_fraction, data_args.turn_fraction, data_args.dataset_name
+        )
         sources = [
             DataSource(
                 task=task,
@@ -404,6 +475,8 @@ def data_sources(data_args: DataArguments, training_args: TrainingArguments) -> 
                 split=data_args.train_split,
                 eval_split=data_args.eval_split,
                 name=task.source_name(data_args.dataset_config),
+                image_fraction=image_fraction,
+                turn_fraction=turn_fraction,
             )
         ]
     else:
@@ -414,8 +487,13 @@ def data_sources(data_args: DataArguments, training_args: TrainingArguments) -> 
 
 
 def _load_source(
-    source: DataSource, split: str, max_samples: int | None, data_args: DataArguments
+    source: DataSource,
+    split: str,
+    max_samples: int | None,
+    data_args: DataArguments,
+    subsample_seed: int | None = None,
 ) -> Dataset | IterableDataset:
+    """`subsample_seed`: apply the source's image/turn fractions with this seed (training splits)."""
     context = SourceContext(source.name, split, data_args.no_image_policy, data_args.multi_image_policy)
     return _standard_rows(
         source.task,
@@ -427,6 +505,9 @@ def _load_source(
         num_proc=data_args.preprocessing_num_workers,
         streaming=data_args.streaming,
         columns=source.columns,
+        subsample=None
+        if subsample_seed is None or (source.image_fraction == 1 and source.turn_fraction == 1)
+        else (source.image_fraction, source.turn_fraction, subsample_seed),
     )
 
 
@@ -455,7 +536,7 @@ def load_train_dataset(
     """The training examples of all sources, mixed (see `mix_datasets`); streamed if `data_args.streaming`."""
     parts = []
     for source in sources:
-        rows = _load_source(source, source.split, data_args.max_train_samples, data_args)
+        rows = _load_source(source, source.split, data_args.max_train_samples, data_args, subsample_seed=seed)
         if source.fraction < 1:
             rows = rows.shuffle(seed=seed).select(range(max(1, round(source.fraction * len(rows)))))
         if not data_args.streaming:
@@ -475,7 +556,7 @@ def load_eval_dataset(sources: list[DataSource], data_args: DataArguments) -> Da
     for source in sources:
         rows = _load_source(source, source.eval_split, data_args.max_eval_samples, data_args)
         if isinstance(rows, IterableDataset):
-            rows = Dataset.from_list(list(rows), features=_UNDECODED_FEATURES)
+            rows = Dataset.from_list(list(rows), features=ROW_FEATURES)
         logger.info("eval source %s: %d examples", source.name, len(rows))
         parts.append(rows)
     return mix_datasets(parts).cast_column("image", Image())

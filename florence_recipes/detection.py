@@ -9,39 +9,19 @@ are read back with the processor's own `post_process_generation`, and scored wit
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-from PIL import ExifTags
-from PIL import Image as PILImage
+from transformers import ProcessorMixin
 
 from florence_recipes.errors import RecipeError
 
-if TYPE_CHECKING:
-    from transformers import EvalPrediction, ProcessorMixin
-
 NUM_BINS = 1000  # Florence2PostProcessor.quantize_bins, along x and along y
-# Rotations by 90 or 270 degrees (EXIF orientations 5-8) swap width and height when applied.
-_TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 # Keys of `MeanAveragePrecision.compute()` that are reported, as `eval_<key>`.
 MAP_KEYS = ("map", "map_50", "map_75", "mar_100")
 
 Boxes = dict[str, list[Any]]  # {"bboxes": [[x0, y0, x1, y1], ...], "labels": [str, ...]}, as post-processed
-
-
-def image_size(image: dict[str, Any]) -> tuple[int, int]:
-    """(width, height) of an undecoded image (`{"bytes", "path"}`) as the collator feeds it to the model.
-
-    Only the header is read. The collator applies the EXIF orientation (`to_rgb`), so boxes are taken to be
-    in that upright frame, whose width and height are swapped for 90/270-degree orientations.
-    """
-    source = io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]
-    with PILImage.open(source) as picture:
-        width, height = picture.size
-        orientation = picture.getexif().get(ExifTags.Base.Orientation, 1)
-    return (height, width) if orientation in _TRANSPOSING_ORIENTATIONS else (width, height)
 
 
 def quantize_boxes(boxes: Sequence[Sequence[float]] | np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -118,67 +98,3 @@ def mean_average_precision(predictions: list[Boxes], references: list[Boxes]) ->
     )
     scores = metric.compute()
     return {key: float(scores[key]) for key in MAP_KEYS}
-
-
-class DetectionMetrics:
-    """`compute_metrics` hook for box tasks (`<OD>`, phrase grounding) with `predict_with_generate=True`.
-
-    Generated ids are decoded *with* special tokens: a checkpoint's tokenizer may register `<loc_i>` as
-    special tokens (the tiny test model does not), and `skip_special_tokens=True` would then drop every box.
-    `post_process_generation` removes `<s>`, `</s>` and `<pad>` itself. Gold targets are parsed the same way,
-    so a prediction equal to the target scores 1.0 whatever the image size. With `sources` (one name per
-    item), `{source}_{key}` is reported for each source too.
-    """
-
-    def __init__(
-        self,
-        processor: ProcessorMixin,
-        references: list[str],
-        image_sizes: list[tuple[int, int]],
-        box_tasks: list[str],
-        sources: list[str] | None = None,
-    ) -> None:
-        lengths = {len(references), len(image_sizes), len(box_tasks), len(sources or references)}
-        if len(lengths) != 1:
-            raise ValueError(
-                "references, image_sizes, box_tasks and sources must have one entry per eval item"
-            )
-        self.processor = processor
-        self.image_sizes = image_sizes
-        self.box_tasks = box_tasks
-        self.sources = sources
-        self.gold = [
-            parse_boxes(processor, text, task, size)
-            for text, task, size in zip(references, box_tasks, image_sizes, strict=True)
-        ]
-        self.last_predictions: list[str] = []
-        self.last_boxes: list[Boxes] = []
-
-    def __call__(self, eval_pred: EvalPrediction) -> dict[str, float]:
-        ids = eval_pred.predictions
-        if isinstance(ids, tuple):
-            ids = ids[0]
-        tokenizer = self.processor.tokenizer
-        ids = np.where(ids != -100, ids, tokenizer.pad_token_id)
-        decoded = tokenizer.batch_decode(ids.tolist(), skip_special_tokens=False)
-        if len(decoded) != len(self.gold):
-            raise ValueError(f"Got {len(decoded)} predictions but {len(self.gold)} references")
-        predicted = [
-            parse_boxes(self.processor, text, task, size)
-            for text, task, size in zip(decoded, self.box_tasks, self.image_sizes, strict=True)
-        ]
-        for token in (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token):
-            decoded = [text.replace(token, "") for text in decoded]
-        self.last_predictions = [text.strip() for text in decoded]
-        self.last_boxes = predicted
-
-        results = mean_average_precision(predicted, self.gold)
-        results["count"] = len(predicted)
-        if self.sources is not None:
-            for source in dict.fromkeys(self.sources):
-                rows = [i for i, s in enumerate(self.sources) if s == source]
-                per_source = mean_average_precision(
-                    [predicted[i] for i in rows], [self.gold[i] for i in rows]
-                )
-                results |= {f"{source}_{key}": value for key, value in per_source.items()}
-        return results

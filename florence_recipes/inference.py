@@ -1,7 +1,7 @@
 """Inference with a fine-tuned Florence-2: load a checkpoint or LoRA adapter, generate, parse task outputs.
 
-Shared by `recipes/evaluate.py`, `recipes/predict.py` and `recipes/demo.py`, so that all three load and
-prompt a model exactly the same way.
+Shared by `recipes/evaluate.py`, `recipes/predict.py` and `recipes/demo.py`, so that all three load a model
+exactly the same way (evaluation then generates and scores through `FlorenceTrainer`, as the recipe does).
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ from PIL import Image, ImageDraw
 from transformers import PreTrainedModel, ProcessorMixin
 from transformers.utils.peft_utils import find_adapter_config_file
 
-from florence_recipes.collator import to_rgb
 from florence_recipes.configs import ModelArguments
 from florence_recipes.errors import RecipeError, first_line
+from florence_recipes.images import to_rgb
+from florence_recipes.legacy import resolve_legacy_adapter
 from florence_recipes.modeling import load_model, load_processor
+from florence_recipes.scoring import decode_texts
 from florence_recipes.tasks import DOCVQA_PROMPT
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,8 @@ def load_for_inference(model_args: ModelArguments) -> tuple[PreTrainedModel, Pro
     else:
         from peft import PeftModel
 
+        # A LoRA adapter trained on the original remote-code module names -> its cached native-named copy.
+        native_adapter = resolve_legacy_adapter(source, model_args.model_revision)
         base = json.loads(Path(adapter_config).read_text(encoding="utf-8")).get("base_model_name_or_path")
         if not base:
             raise RecipeError(f"{adapter_config}: no base_model_name_or_path to apply the LoRA adapter to")
@@ -56,12 +60,15 @@ def load_for_inference(model_args: ModelArguments) -> tuple[PreTrainedModel, Pro
         except RecipeError as err:
             raise RecipeError(f"{adapter_config}: cannot load the base model it names ({err})") from None
         model = PeftModel.from_pretrained(
-            model, source, revision=model_args.model_revision
+            model, native_adapter, revision=model_args.model_revision
         ).merge_and_unload()
-        try:  # the recipes save the processor next to the adapter; an adapter saved by hand may lack it
-            processor = load_processor(model_args)
-        except RecipeError:
+        if native_adapter != source:  # a processor saved beside it is a remote-code one: use the base's
             processor = load_processor(base_args)
+        else:
+            try:  # the recipes save the processor next to the adapter; an adapter saved by hand may lack it
+                processor = load_processor(model_args)
+            except RecipeError:
+                processor = load_processor(base_args)
     model.eval()
     return model, processor
 
@@ -77,11 +84,15 @@ def generate_ids(
     batch: dict[str, torch.Tensor],
     max_new_tokens: int | None = None,
     num_beams: int | None = None,
+    max_length: int | None = None,
 ) -> torch.Tensor:
-    """Generated token ids for a processor batch (labels, if any, are ignored)."""
+    """Generated token ids for a processor batch (labels, if any, are ignored). `max_length` is the limit the
+    recipes' evaluation uses (`generation_max_length`); `max_new_tokens` wins when both are given."""
     kwargs: dict[str, Any] = {}
     if max_new_tokens is not None:
         kwargs["max_new_tokens"] = max_new_tokens
+    elif max_length is not None:
+        kwargs["max_length"] = max_length
     if num_beams is not None:
         kwargs["num_beams"] = num_beams
     return model.generate(
@@ -92,24 +103,23 @@ def generate_ids(
     )
 
 
-def decode_answers(processor: ProcessorMixin, ids: torch.Tensor) -> list[str]:
-    """Plain-text answers, decoded as `GenerationMetrics` does so that scores match the training eval."""
-    return [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
-
-
 def parse_outputs(
     processor: ProcessorMixin, ids: torch.Tensor, task: str, image_sizes: Sequence[tuple[int, int]]
 ) -> list[str | dict[str, Any]]:
-    """Answers parsed with the processor's `post_process_generation`: text, or boxes/labels for region tasks.
+    """Answers of a batch: boxes/labels parsed with the processor's `post_process_generation` for region tasks,
+    and for text tasks the text exactly as the recipes' evaluation decodes it (`scoring.decode_texts`).
 
-    `<loc_i>` are ordinary tokens in Florence-2's tokenizer, so the ids are decoded with special tokens kept
+    `<loc_i>` are ordinary tokens in Florence-2's tokenizer, so the ids are parsed with special tokens kept
     (the parser strips `<s>`/`</s>`); only the batch padding is dropped first.
     """
     pad_id = processor.tokenizer.pad_token_id
+    sequences = [[i for i in sequence if i != pad_id] for sequence in ids.tolist()]
+    texts = decode_texts(processor.tokenizer, sequences)
     outputs: list[str | dict[str, Any]] = []
-    for sequence, size in zip(ids.tolist(), image_sizes, strict=True):
-        text = processor.decode([i for i in sequence if i != pad_id], skip_special_tokens=False)
-        outputs.append(processor.post_process_generation(text, task=task, image_size=size)[task])
+    for sequence, text, size in zip(sequences, texts, image_sizes, strict=True):
+        raw = processor.decode(sequence, skip_special_tokens=False)
+        parsed = processor.post_process_generation(raw, task=task, image_size=size)[task]
+        outputs.append(text if isinstance(parsed, str) else parsed)
     return outputs
 
 
@@ -121,15 +131,20 @@ def answer(
     text: str | None = None,
     max_new_tokens: int | None = None,
     num_beams: int | None = None,
+    max_length: int | None = None,
+    prompt: str | None = None,
 ) -> list[str | dict[str, Any]]:
-    """One batched generation: the same prompt (`task` + `text`) for every image, parsed per task."""
+    """One batched generation: the same prompt (`prompt`, else `task` + `text`) for every image, parsed by the
+    task token `task` ("" for a prompt without one: plain text)."""
     images = [to_rgb(image) for image in images]
-    prompt = build_prompt(task, text)
+    prompt = build_prompt(task, text) if prompt is None else prompt
     try:
         batch = processor(text=[prompt] * len(images), images=images, return_tensors="pt", padding="longest")
     except ValueError as err:  # e.g. text after a task token that takes none (`<OCR>what?`)
         raise RecipeError(f"prompt {prompt!r}: {err}") from None
-    ids = generate_ids(model, batch, max_new_tokens=max_new_tokens, num_beams=num_beams)
+    ids = generate_ids(
+        model, batch, max_new_tokens=max_new_tokens, num_beams=num_beams, max_length=max_length
+    )
     return parse_outputs(processor, ids, task, [image.size for image in images])
 
 

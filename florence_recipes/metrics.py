@@ -1,21 +1,19 @@
-"""Answer-quality metrics for generated text, and the `compute_metrics` hook for `Seq2SeqTrainer`.
+"""Answer-quality metrics for generated text.
 
 Every per-item scorer takes one prediction and the *full* list of gold answers of its question and
 returns a score in [0, 1]; corpus scores are means over questions. Scorers are registered in
-`ITEM_METRICS` so that tasks and configs can name their metrics by string.
+`ITEM_METRICS` so that tasks and configs can name their metrics by string. `anls(predictions, references)`
+is the official DocVQA corpus score, for use outside the recipes; the recipes score through
+`florence_recipes.scoring`, which applies the same per-item functions.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 from rapidfuzz.distance import Levenshtein
-
-if TYPE_CHECKING:
-    from transformers import EvalPrediction, PreTrainedTokenizerBase
 
 
 def normalize_text(s: str) -> str:
@@ -48,7 +46,7 @@ def anls_score(prediction: str, golds: list[str], threshold: float = 0.5) -> flo
 def anls(predictions: list[str], references: list[list[str]], threshold: float = 0.5) -> float:
     """Average Normalized Levenshtein Similarity over questions, in [0, 1] (papers print it x100)."""
     _check_lengths(predictions, references)
-    return _mean([anls_score(p, g, threshold) for p, g in zip(predictions, references, strict=True)])
+    return mean([anls_score(p, g, threshold) for p, g in zip(predictions, references, strict=True)])
 
 
 def levenshtein_similarity_score(prediction: str, golds: list[str]) -> float:
@@ -154,7 +152,7 @@ def vqa_accuracy_score(prediction: str, golds: list[str]) -> float:
         return float(matches[0])
     total = sum(matches)
     # Leaving out a matching gold leaves total - 1 matches in that subset, leaving out another leaves total.
-    return _mean([min((total - m) / 3, 1.0) for m in matches])
+    return mean([min((total - m) / 3, 1.0) for m in matches])
 
 
 ITEM_METRICS: dict[str, Callable[[str, list[str]], float]] = {
@@ -166,13 +164,13 @@ ITEM_METRICS: dict[str, Callable[[str, list[str]], float]] = {
 }
 
 
-def _check_metric_names(metrics: Sequence[str]) -> None:
+def check_metric_names(metrics: Sequence[str]) -> None:
     unknown = [m for m in metrics if m not in ITEM_METRICS]
     if unknown:
         raise ValueError(f"Unknown metric(s) {unknown}; valid names: {sorted(ITEM_METRICS)}")
 
 
-def _mean(values: Sequence[float]) -> float:
+def mean(values: Sequence[float]) -> float:
     if not values:
         raise ValueError("Cannot average an empty list of scores")
     return float(np.mean(values))
@@ -185,104 +183,7 @@ def _check_lengths(predictions: Sequence[str], references: Sequence[Sequence[str
 
 def score_items(metric: str, predictions: list[str], references: list[list[str]]) -> list[float]:
     """Per-question scores of `metric`; `references[i]` holds all gold answers of question `i`."""
-    _check_metric_names([metric])
+    check_metric_names([metric])
     _check_lengths(predictions, references)
     scorer = ITEM_METRICS[metric]
     return [scorer(pred, golds) for pred, golds in zip(predictions, references, strict=True)]
-
-
-def corpus_scores(
-    predictions: list[str], references: list[list[str]], metrics: Sequence[str]
-) -> dict[str, float]:
-    """Mean score over questions for each metric name."""
-    if not predictions:
-        raise ValueError("No predictions to score")
-    return {m: _mean(score_items(m, predictions, references)) for m in metrics}
-
-
-class GenerationMetrics:
-    """`compute_metrics` hook for `Seq2SeqTrainer(predict_with_generate=True)`.
-
-    Decodes the generated ids and scores them against `references`, which must follow the eval
-    dataset's order (the Trainer, through accelerate's `gather_for_metrics`, keeps that order in
-    distributed evaluation too). The label ids are ignored: gold lists hold every accepted answer,
-    while labels only hold the one used as training target. After each call, `last_predictions` and
-    `last_item_scores` hold the decoded texts and per-item scores, e.g. to write predictions.jsonl.
-    """
-
-    def __init__(
-        self,
-        tokenizer: PreTrainedTokenizerBase,
-        references: list[list[str]],
-        metrics: Sequence[str] = ("anls", "levenshtein", "exact_match"),
-        sources: list[str] | None = None,
-        source_metrics: dict[str, Sequence[str]] | None = None,
-    ) -> None:
-        if tokenizer.pad_token_id is None:
-            raise ValueError("The tokenizer needs a pad token to replace the Trainer's -100 padding")
-        if not metrics:
-            raise ValueError("metrics must name at least one metric")
-        source_metrics = dict(source_metrics or {})
-        _check_metric_names(list(metrics) + [m for ms in source_metrics.values() for m in ms])
-        # Fail before training starts rather than at the first evaluation.
-        bad = [i for i, golds in enumerate(references) if isinstance(golds, str) or not golds]
-        if bad:
-            raise ValueError(f"references must be non-empty lists of gold answers; bad items: {bad[:10]}")
-        if sources is not None and len(sources) != len(references):
-            raise ValueError(f"Got {len(sources)} sources but {len(references)} references")
-        self.tokenizer = tokenizer
-        self.references = references
-        self.metrics = tuple(metrics)
-        self.sources = sources
-        self.source_metrics = source_metrics
-        self.last_predictions: list[str] = []
-        self.last_item_scores: dict[str, list[float]] = {}
-
-    def _metrics_for(self, source: str) -> tuple[str, ...]:
-        return tuple(self.source_metrics.get(source, self.metrics))
-
-    def __call__(self, eval_pred: EvalPrediction) -> dict[str, float]:
-        ids = eval_pred.predictions
-        # Some models return extra outputs next to the generated ids; the ids come first.
-        if isinstance(ids, tuple):
-            ids = ids[0]
-        # The Trainer pads batches of different lengths with -100, which is not a valid token id.
-        ids = np.where(ids != -100, ids, self.tokenizer.pad_token_id)
-        decoded = [t.strip() for t in self.tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)]
-        if len(decoded) != len(self.references):
-            raise ValueError(
-                f"Got {len(decoded)} predictions but {len(self.references)} references: the references "
-                "must list the gold answers of every eval item, in the eval dataset's order"
-            )
-
-        needed = dict.fromkeys(self.metrics)
-        if self.sources is not None:
-            for source in dict.fromkeys(self.sources):
-                needed.update(dict.fromkeys(self._metrics_for(source)))
-        item_scores = {m: score_items(m, decoded, self.references) for m in needed}
-        self.last_predictions = decoded
-        self.last_item_scores = item_scores
-
-        results: dict[str, float] = {m: _mean(item_scores[m]) for m in self.metrics}
-        results["count"] = len(decoded)
-        if self.sources is not None:
-            for source in dict.fromkeys(self.sources):
-                rows = [i for i, s in enumerate(self.sources) if s == source]
-                for m in self._metrics_for(source):
-                    results[f"{source}_{m}"] = _mean([item_scores[m][i] for i in rows])
-        return results
-
-
-def build_compute_metrics(
-    tokenizer: PreTrainedTokenizerBase,
-    references: list[list[str]],
-    metrics: Sequence[str] = ("anls", "levenshtein", "exact_match"),
-    sources: list[str] | None = None,
-    source_metrics: dict[str, Sequence[str]] | None = None,
-) -> GenerationMetrics:
-    """Build the `compute_metrics` callable for `Seq2SeqTrainer`; see `GenerationMetrics`.
-
-    With `sources` (one name per eval item), also reports `{source}_{metric}` for each source, using
-    `source_metrics[source]` when given and `metrics` otherwise.
-    """
-    return GenerationMetrics(tokenizer, references, metrics, sources, source_metrics)

@@ -10,6 +10,7 @@ from transformers.models.florence2.modeling_florence2 import Florence2DropPath
 
 from florence_recipes.configs import ModelArguments
 from florence_recipes.errors import RecipeError, first_line
+from florence_recipes.legacy import resolve_legacy
 
 logger = logging.getLogger(__name__)
 
@@ -18,6 +19,7 @@ VISION_MODULES = ("vision_tower", "multi_modal_projector")
 
 
 def load_processor(model_args: ModelArguments) -> ProcessorMixin:
+    model_args = resolve_legacy(model_args)  # an original remote-code checkpoint -> its cached native copy
     try:
         return AutoProcessor.from_pretrained(
             model_args.model_name_or_path,
@@ -29,6 +31,7 @@ def load_processor(model_args: ModelArguments) -> ProcessorMixin:
 
 
 def load_model(model_args: ModelArguments) -> PreTrainedModel:
+    model_args = resolve_legacy(model_args)  # an original remote-code checkpoint -> its cached native copy
     dtype = (
         model_args.torch_dtype if model_args.torch_dtype == "auto" else getattr(torch, model_args.torch_dtype)
     )

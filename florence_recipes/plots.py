@@ -19,7 +19,14 @@ logger = logging.getLogger(__name__)
 
 CURVES_FILE = "training_curves.png"
 # Evaluation log keys that are bookkeeping, not quality.
-_NOT_METRICS = ("eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "eval_count")
+_NOT_METRICS = (
+    "eval_loss",
+    "eval_runtime",
+    "eval_samples_per_second",
+    "eval_steps_per_second",
+    "eval_count",
+    "eval_scored",
+)
 
 
 def _series(log_history: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:

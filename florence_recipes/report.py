@@ -17,7 +17,7 @@ from jinja2 import Environment
 from matplotlib.figure import Figure
 from PIL import Image
 
-from florence_recipes.collator import to_rgb
+from florence_recipes.images import to_rgb
 
 REPORT_FILE = "report.html"
 COMPARISON_FILE = "comparison.html"
@@ -68,6 +68,10 @@ _REPORT_TEMPLATE = (
 <td class="num">{{ metrics.skipped }}</td>
 {% for m in metric_names %}<td class="num">{{ '%.4f' % metrics[m] }}</td>{% endfor %}</tr>
 </table>
+{% if metrics.unreadable %}<p id="unreadable" class="note">{{ metrics.unreadable }} unreadable item(s), skipped as
+bad samples, score 0 in the metrics above (every item counts). Over the readable items only:
+{% for m in metric_names if (m ~ '_over_readable') in metrics %}{{ m }}_over_readable
+{{ '%.4f' % metrics[m ~ '_over_readable'] }}{% if not loop.last %}, {% endif %}{% endfor %}.</p>{% endif %}
 {% if per_type %}
 <h2>Per question type</h2>
 <img id="per-type-chart" src="{{ chart }}" alt="{{ headline }} per question type">

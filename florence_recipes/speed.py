@@ -29,9 +29,9 @@ from datasets import Dataset
 from torch.utils.data import DataLoader, Sampler
 from transformers import BaseImageProcessor, PreTrainedModel, TrainingArguments
 
-from florence_recipes.collator import to_rgb
 from florence_recipes.data import column_values
 from florence_recipes.errors import RecipeError
+from florence_recipes.images import image_groups, to_rgb
 from florence_recipes.modeling import vision_parameters
 
 logger = logging.getLogger(__name__)
@@ -50,10 +50,7 @@ class ImageGroupedSampler(Sampler[int]):
     """
 
     def __init__(self, image_ids: Sequence[str], seed: int = 0) -> None:
-        groups: dict[str, list[int]] = {}
-        for index, image_id in enumerate(image_ids):
-            groups.setdefault(image_id, []).append(index)
-        self.groups = list(groups.values())
+        self.groups = list(image_groups(image_ids).values())
         self.num_samples = len(image_ids)
         self.seed = seed
         self.epoch = 0
@@ -73,26 +70,20 @@ class ImageGroupedSampler(Sampler[int]):
 def length_sorted_order(prompts: Sequence[str], image_ids: Sequence[str]) -> list[int]:
     """Evaluation order: longest prompts first (an out-of-memory error then shows in the first batch), the
     questions about one image kept together so that `dedup_vision` runs the tower once for all of them."""
-    groups: dict[str, list[int]] = {}
-    for index, image_id in enumerate(image_ids):
-        groups.setdefault(image_id, []).append(index)
-    ranked = [sorted(group, key=lambda i: -len(prompts[i])) for group in groups.values()]
+    ranked = [sorted(group, key=lambda i: -len(prompts[i])) for group in image_groups(image_ids).values()]
     ranked.sort(key=lambda group: -len(prompts[group[0]]))
     return [index for group in ranked for index in group]
 
 
-def restore_dataset_order(values: Any, order: Sequence[int]) -> Any:
-    """Put per-sample arrays produced in `order` back in dataset order (tuples element-wise; None as is)."""
-    if isinstance(values, (tuple, list)):
-        return type(values)(restore_dataset_order(v, order) for v in values)
-    if values is None:
-        return None
+def restore_dataset_order(values: Sequence[Any], order: Sequence[int]) -> list[Any]:
+    """Put per-sample values produced in `order` (value k belongs to example order[k]) back in dataset order."""
     if len(values) != len(order):
         raise ValueError(
             f"{len(values)} evaluation outputs for {len(order)} examples: cannot restore their order"
         )
-    restored = np.empty_like(values)
-    restored[np.asarray(order)] = values
+    restored: list[Any] = [None] * len(order)
+    for value, index in zip(values, order, strict=True):
+        restored[index] = value
     return restored
 
 
@@ -195,10 +186,8 @@ def build_feature_cache(
             f"feature_cache={storage} needs a frozen vision tower (training_mode frozen_vision or lora), "
             f"but {trainable[0]} is trainable"
         )
-    first_index: dict[str, int] = {}
-    for index, image_id in enumerate(column_values(dataset, "image_id")):
-        first_index.setdefault(image_id, index)
-    rows = {image_id: row for row, image_id in enumerate(first_index)}
+    groups = image_groups(column_values(dataset, "image_id"))
+    rows = {image_id: row for row, image_id in enumerate(groups)}
     shape = (len(rows), image_processor.image_seq_length, model.config.vision_config.projection_dim)
     fingerprint = feature_fingerprint(model, image_processor, dtype, dataset)
 
@@ -224,7 +213,7 @@ def build_feature_cache(
 
     logger.info("Computing image features of %d unique images (%s cache)", len(rows), storage)
     loader = DataLoader(
-        dataset.select(list(first_index.values())).select_columns(["image"]),
+        dataset.select([positions[0] for positions in groups.values()]).select_columns(["image"]),
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=_PixelCollator(image_processor),

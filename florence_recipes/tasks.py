@@ -9,6 +9,7 @@ batch of source rows (images undecoded: `{"bytes", "path"}` dicts), their row in
 |-------------|-----------------------------------------------------------|---------------------------------|---------|
 | `docvqa`    | HuggingFaceM4/DocumentVQA                                 | `<DocVQA>` + question           | ANLS |
 | `cauldron`  | any HuggingFaceM4/the_cauldron subset (`dataset_config`)  | each user turn                  | by subset family: `CAULDRON_FAMILIES` |
+| `docmatix`  | HuggingFaceM4/Docmatix (`dataset_config: images`)         | `<DocVQA>` + each user turn     | ANLS |
 | `vqa`       | your data: `image`, `prompt` or `question`, `answer(s)`   | prompt, or `<VQA>` + question   | ANLS, VQA accuracy |
 | `caption`   | your data: `image`, `caption` (optional `prompt`)         | `<CAPTION>`                     | Levenshtein similarity |
 | `ocr`       | your data: `image`, `text` (optional `prompt`)            | `<OCR>`                         | Levenshtein similarity |
@@ -32,16 +33,14 @@ from datasets import Dataset, Image
 from datasets.features.features import FeatureType
 from PIL import Image as PILImage
 
-from florence_recipes.collator import to_rgb
-from florence_recipes.detection import format_detection_target, image_size
+from florence_recipes.detection import format_detection_target
 from florence_recipes.errors import RecipeError
+from florence_recipes.images import image_size, to_rgb
 from florence_recipes.validation import as_text_list
 
 logger = logging.getLogger(__name__)
 
 STANDARD_COLUMNS = ("id", "image", "image_id", "prompt", "target", "answers", "tags", "source")
-NO_IMAGE_POLICIES = ("skip", "blank")
-MULTI_IMAGE_POLICIES = ("skip", "first", "concat")
 
 
 @dataclass(frozen=True)
@@ -69,6 +68,9 @@ class Task:
     convert_batch: ConvertBatch  # batched: source columns -> STANDARD_COLUMNS (may change the row count)
     metrics: tuple[str, ...]  # names in `florence_recipes.metrics.ITEM_METRICS`; the first is the headline
     example_prompt: str  # shown in the model card's usage snippet
+    # The exact prompt the converter writes; `{...}` is the row's text (`{question}`, `{caption}`, or `{prompt}`
+    # for a prompt used as is). Saved with every trained model (`florence_recipes.provenance`).
+    prompt_format: str
     # How `image_column` is cast so that images pass through `map` undecoded.
     image_feature: FeatureType = field(default_factory=lambda: Image(decode=False))
     # Metrics per dataset config, for tasks whose configs are scored differently (the Cauldron's subsets).
@@ -115,13 +117,45 @@ def _row_ids(batch: dict[str, list[Any]], indices: list[int], context: SourceCon
     return [f"{context.name}-{context.split}-{index}" for index in indices]
 
 
-def _image_ids(images: list[dict[str, Any]], ids: list[str]) -> list[str]:
-    """Groups questions about the same picture: embedded bytes by their digest (parquet `path`s are often
-    bare file names that repeat across rows), a local file by its path."""
-    return [
-        hashlib.sha1(image["bytes"]).hexdigest() if image.get("bytes") else image.get("path") or row_id
-        for image, row_id in zip(images, ids, strict=True)
-    ]
+def image_digest(image: dict[str, Any] | None) -> str | None:
+    """Identity of an undecoded image from its content: the digest of its bytes, or of its file's bytes.
+
+    Grouping (`group_by_image`), de-duplicated vision and the feature cache give every row with one id the
+    same features, so only the content may decide it: parquet `path`s are often bare file names that repeat,
+    and id columns (DocVQA's `docId`) can repeat across different pages. None when the image cannot be read;
+    such rows are reported by `check_samples`.
+    """
+    if not image:
+        return None
+    if image.get("bytes"):
+        return hashlib.sha1(image["bytes"]).hexdigest()
+    if image.get("path"):
+        try:
+            with open(image["path"], "rb") as file:
+                return hashlib.file_digest(file, "sha1").hexdigest()
+        except OSError:
+            return None
+    return None
+
+
+def _image_ids(images: list[dict[str, Any] | None], ids: list[str]) -> list[str]:
+    """Content digests (see `image_digest`); a row whose image cannot be read keeps an id of its own."""
+    return [image_digest(image) or f"unreadable-{row_id}" for image, row_id in zip(images, ids, strict=True)]
+
+
+def _check_id_hint(hints: list[Any], image_ids: list[str], column: str, context: SourceContext) -> None:
+    """An id column is only a hint: say so when it names two different pictures (the digest decides)."""
+    seen: dict[str, str] = {}
+    for hint, image_id in zip(hints, image_ids, strict=True):
+        if seen.setdefault(str(hint), image_id) != image_id:
+            logger.warning(
+                "%s (%s): %s=%s names different images; questions are grouped by image content instead",
+                context.name,
+                context.split,
+                column,
+                hint,
+            )
+            return
 
 
 # --- DocVQA ---------------------------------------------------------------------------------------------
@@ -134,10 +168,13 @@ def _convert_docvqa(
 ) -> dict[str, list[Any]]:
     # None marks answers that are not strings; they and empty questions are reported by `check_samples`.
     answers = [as_text_list(a) for a in batch["answers"]]
+    ids = [str(q) for q in batch["questionId"]]
+    image_ids = _image_ids(batch["image"], ids)
+    _check_id_hint(batch["docId"], image_ids, "docId", context)
     return {
-        "id": [str(q) for q in batch["questionId"]],
+        "id": ids,
         "image": batch["image"],
-        "image_id": [str(d) for d in batch["docId"]],
+        "image_id": image_ids,
         "prompt": [
             DOCVQA_PROMPT + q.strip() if isinstance(q, str) and q.strip() else "" for q in batch["question"]
         ],
@@ -159,6 +196,7 @@ register_task(
         convert_batch=_convert_docvqa,
         metrics=("anls", "levenshtein", "exact_match"),
         example_prompt=DOCVQA_PROMPT + "What is the total amount?",
+        prompt_format=DOCVQA_PROMPT + "{question}",
     )
 )
 
@@ -264,7 +302,9 @@ def _convert_cauldron(
             answer = (turn["assistant"] or "").strip()
             out["id"].append(f"{context.name}-{context.split}-{index}-{number}")
             out["image"].append(image)
-            out["image_id"].append(f"{context.name}-{context.split}-{index}")
+            out["image_id"].append(
+                image_digest(image) or f"unreadable-{context.name}-{context.split}-{index}"
+            )
             out["prompt"].append((turn["user"] or "").strip())
             out["target"].append(answer)
             out["answers"].append([answer])
@@ -301,8 +341,53 @@ register_task(
         convert_batch=_convert_cauldron,
         metrics=("levenshtein", "exact_match"),
         example_prompt="Question: Which stage comes after the egg?\nAnswer with the letter.",
+        prompt_format="{prompt}",  # each user turn as is: no task token
         image_feature=[Image(decode=False)],  # a list of images per row
         subset_metrics=CAULDRON_SUBSET_METRICS,
+        describe_rows=_describe_cauldron,
+    )
+)
+
+
+# --- Docmatix ---------------------------------------------------------------------------------------------
+
+# HuggingFaceM4/Docmatix (dataset card `configs`, commit 83fbac1, July 2024; dataset viewer): config `images`
+# (split train, ~1.27M rows, one PDF per row: its page images + its Q/A turns; 2.4M images, 9.5M Q/A pairs),
+# `pdf` (the same rows with PDF bytes instead of images: not usable here) and `zero-shot-exp` (train 1,700 /
+# test 200 rows). `images` rows are in The Cauldron's layout, so the Cauldron converter serves once each turn
+# is checked to be a {user, assistant, source} mapping. Set `dataset_config: images`. Prompts are `<DocVQA>` +
+# question, as in the DocVQA task.
+DOCMATIX_TURN_KEYS = ("user", "assistant")
+
+
+def _convert_docmatix(
+    batch: dict[str, list[Any]], indices: list[int], context: SourceContext
+) -> dict[str, list[Any]]:
+    for index, turns in zip(indices, batch["texts"], strict=True):
+        for number, turn in enumerate(turns or []):
+            if not isinstance(turn, Mapping) or any(key not in turn for key in DOCMATIX_TURN_KEYS):
+                raise RecipeError(
+                    f"{context.name} ({context.split}) row {index}, turn {number}: expected a mapping with keys "
+                    f"{', '.join(DOCMATIX_TURN_KEYS)} (Docmatix / The Cauldron layout), got {turn!r:.200}"
+                )
+    out = _convert_cauldron(batch, indices, context)
+    # The DocVQA task's prompt, so that a Docmatix stage and a DocVQA stage train one and the same behaviour.
+    out["prompt"] = [DOCVQA_PROMPT + prompt if prompt else "" for prompt in out["prompt"]]
+    return out
+
+
+register_task(
+    Task(
+        name="docmatix",
+        description="HuggingFaceM4/Docmatix (dataset_config: images): one example per Q/A turn of each PDF.",
+        default_dataset="HuggingFaceM4/Docmatix",
+        image_column="images",
+        required_columns=("images", "texts"),
+        convert_batch=_convert_docmatix,
+        metrics=("anls", "exact_match"),
+        example_prompt=DOCVQA_PROMPT + "What is the invoice number?",
+        prompt_format=DOCVQA_PROMPT + "{question}",  # each user turn behind the DocVQA task token
+        image_feature=[Image(decode=False)],
         describe_rows=_describe_cauldron,
     )
 )
@@ -407,6 +492,7 @@ register_task(
         convert_batch=_convert_vqa,
         metrics=("anls", "vqa_accuracy", "exact_match", "levenshtein"),
         example_prompt=VQA_PROMPT + "What is the total amount?",
+        prompt_format=VQA_PROMPT + "{question}",  # rows with a `prompt` column: recorded as "{prompt}"
     )
 )
 register_task(
@@ -419,6 +505,7 @@ register_task(
         convert_batch=partial(_convert_text, prompt="<CAPTION>", column="caption"),
         metrics=("levenshtein", "exact_match"),
         example_prompt="<CAPTION>",
+        prompt_format="<CAPTION>",
     )
 )
 register_task(
@@ -431,6 +518,7 @@ register_task(
         convert_batch=partial(_convert_text, prompt="<OCR>", column="text"),
         metrics=("levenshtein", "exact_match"),
         example_prompt="<OCR>",
+        prompt_format="<OCR>",
     )
 )
 register_task(
@@ -443,6 +531,7 @@ register_task(
         convert_batch=partial(_convert_boxes, prompt="<OD>", caption_column=None),
         metrics=(),
         example_prompt="<OD>",
+        prompt_format="<OD>",
         box_task="<OD>",
     )
 )
@@ -458,6 +547,7 @@ register_task(
         ),
         metrics=(),
         example_prompt="<CAPTION_TO_PHRASE_GROUNDING>A red circle next to a blue square.",
+        prompt_format="<CAPTION_TO_PHRASE_GROUNDING>{caption}",
         box_task="<CAPTION_TO_PHRASE_GROUNDING>",
     )
 )

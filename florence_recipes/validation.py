@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 from datasets import Dataset, IterableDataset
@@ -22,11 +23,11 @@ from datasets import Image as ImageFeature
 from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
+from florence_recipes.configs import BAD_SAMPLE_POLICIES
 from florence_recipes.errors import RecipeError, first_line
 
 logger = logging.getLogger(__name__)
 
-BAD_SAMPLE_POLICIES = ("raise", "skip")
 # Placeholder images (1x1 pixels of failed downloads) carry nothing to read; sides of 1 or 3 px are also
 # ambiguous for the image processor, which guesses the channel axis from the array shape.
 MIN_IMAGE_SIDE = 4
@@ -43,6 +44,31 @@ BAD_SAMPLE_REASONS = {
 # so that cached verdicts from older checks are not reused.
 _CHECKS_VERSION = 1
 _CHECK_COLUMNS = ("image", "prompt", "target", "answers")
+
+
+@dataclass(frozen=True)
+class DroppedItem:
+    """A row `check_samples` dropped: enough to count it in an eval score and answer it in a submission."""
+
+    id: str
+    source: str
+    reason: str
+    prompt: str
+    answers: list[str] | None  # None: answers that are not strings (`bad_answers`)
+    position: int  # row of the checked dataset
+
+    @property
+    def scorable(self) -> bool:
+        """Whether it has gold answers and so scores 0 in an eval, rather than not at all (hidden test)."""
+        return self.answers is None or bool(self.answers)
+
+
+class BadSamples(Counter):
+    """Bad-row counts per reason (a `Counter`), and the dropped rows themselves (`dropped`, in row order)."""
+
+    def __init__(self, counts: Any = None, dropped: list[DroppedItem] | None = None) -> None:
+        super().__init__(counts or {})
+        self.dropped = list(dropped or [])
 
 
 def as_text_list(value: Any) -> list[str] | None:
@@ -125,8 +151,9 @@ def check_samples(
     where: str,
     require_answer: bool = True,
     num_proc: int | None = None,
-) -> tuple[Dataset | IterableDataset, Counter[str] | None]:
-    """Check every standard row of `dataset`; returns the usable rows and the bad-row count per reason.
+) -> tuple[Dataset | IterableDataset, BadSamples | None]:
+    """Check every standard row of `dataset`; returns the usable rows and the bad rows (`BadSamples`: the count
+    per reason, and with "skip" the dropped rows, which an evaluation still counts).
 
     policy="raise" stops at the first bad row with a `RecipeError` naming its id and source; "skip" drops bad
     rows and logs how many per reason. `where` (e.g. "train split of HuggingFaceM4/DocumentVQA") goes into
@@ -155,7 +182,7 @@ def check_samples(
     bad = [i for i, reason in enumerate(reasons) if reason]
     counts = Counter(reasons[i] for i in bad)
     if not bad:
-        return dataset, counts
+        return dataset, BadSamples()
     if policy == "raise":
         first = bad[0]
         row = dataset.select_columns(["id", "source"])[first]
@@ -164,10 +191,14 @@ def check_samples(
             f"({verdicts[first]['bad_detail']}); fix the data, or set on_bad_sample: skip to drop and count "
             f"such samples ({len(bad)} bad of {len(reasons)})"
         )
-    ids = list(dataset.select_columns(["id"]).select(bad)["id"])
+    rows = dataset.select_columns(["id", "source", "prompt", "answers"]).select(bad).to_list()
+    dropped = [
+        DroppedItem(row["id"], row["source"], reasons[index], row["prompt"] or "", row["answers"], index)
+        for index, row in zip(bad, rows, strict=True)
+    ]
     examples: dict[str, list[str]] = defaultdict(list)
-    for index, sample_id in zip(bad, ids, strict=True):
-        examples[reasons[index]].append(sample_id)
+    for item in dropped:
+        examples[item.reason].append(item.id)
     for reason, count in sorted(counts.items()):
         shown = ", ".join(examples[reason][:5]) + (", ..." if count > 5 else "")
         logger.warning(
@@ -179,7 +210,8 @@ def check_samples(
             shown,
         )
     bad_set = set(bad)
-    return dataset.select([i for i in range(len(reasons)) if i not in bad_set]), counts
+    kept = dataset.select([i for i in range(len(reasons)) if i not in bad_set])
+    return kept, BadSamples(counts, dropped)
 
 
 def bad_sample_metrics(counts: Counter[str], prefix: str) -> dict[str, int]:

@@ -1,8 +1,8 @@
-"""Benchmark our DocVQA recipe path against the seed blog's training loop, side by side in one process.
+"""Benchmark our DocVQA recipe path against the blog post's training loop, side by side in one process.
 
     python recipes/benchmark.py --model-size base --mode frozen_vision --steps 3 --output results.json
 
-Prints a markdown table (ours / seed ratios) and writes the JSON behind it. The model is a random-initialised
+Prints a markdown table (ours / blog loop ratios) and writes the JSON behind it. The model is a random-initialised
 Florence-2 of the given size (speed does not depend on weight values) and the data synthetic DocVQA documents,
 both built offline under --work-dir on first use. On CUDA ours runs the YAML's bf16; MFU divides by the
 datasheet bf16 peak (H100/H200: 989 TFLOP/s); on CPU by the measured matmul peak unless --peak-tflops is given.
@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import shlex
 import sys
 from pathlib import Path
 
 from florence_recipes.benchmark import ABLATIONS, MODEL_SIZES, BenchmarkSettings, format_table, run_benchmark
+from florence_recipes.cli import run_recipe, setup_logging
 from florence_recipes.configs import TRAINING_MODES
-from florence_recipes.training import run_recipe
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,7 +33,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--warmup-steps", type=int, default=1, help="Untimed steps first (FLOPs counted on the first)."
     )
     parser.add_argument(
-        "--batch-size", type=int, default=6, help="Per-device batch of both paths (the blog's: 6)."
+        "--batch-size",
+        type=int,
+        default=None,
+        help="Per-device batch of both paths. Default: the blog's 6, or the largest below it that fits in memory "
+        "(estimated before loading; a batch that does not fit stops with one that does).",
     )
     parser.add_argument("--eval-samples", type=int, default=None, help="Default: 6 on CPU, 128 on CUDA.")
     parser.add_argument(
@@ -68,8 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    logging.basicConfig(format="%(asctime)s - %(name)s - %(message)s", level=logging.WARNING)
-    logging.getLogger("florence_recipes").setLevel(logging.INFO)
+    setup_logging()
     width, _, height = args.document_size.partition("x")
     settings = BenchmarkSettings(
         model_size=args.model_size,

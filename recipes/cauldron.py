@@ -1,9 +1,8 @@
 """Fine-tune Florence-2 on The Cauldron: any subset, or a weighted mixture of subsets and other sources.
 
-This runs `recipes/docvqa.py`'s `main()`: that script is task-generic (the YAML's `task:` or
-`dataset_mixture:` picks the data, the collator, trainer and metrics are shared), so a second training loop
-would only be a copy to keep in sync. This file gives the Cauldron recipes their own entry point and launch
-commands.
+This runs the package's one fine-tuning recipe, `florence_recipes.recipe.main` (the same as
+`recipes/docvqa.py`): the YAML's `task:` or `dataset_mixture:` picks the data; collator, Trainer and metrics are
+shared. This script gives these recipes their own name and launch commands.
 
 Offline smoke run (tiny random Florence-2 + a synthetic Cauldron with four subsets, CPU, ~30 s):
 
@@ -24,9 +23,8 @@ A subset too large to download first: `--streaming true --max_steps 5000 --train
 --eval_split "train[:1000]"` (streamed splits take row ranges, not percentages).
 """
 
-from docvqa import main  # recipes/ is on sys.path when this file runs as a script
-
-from florence_recipes.training import run_recipe
+from florence_recipes.cli import run_recipe
+from florence_recipes.recipe import main
 
 if __name__ == "__main__":
     run_recipe(main)

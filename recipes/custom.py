@@ -1,8 +1,8 @@
 """Fine-tune Florence-2 on your own data: VQA, captioning, OCR, object detection or phrase grounding.
 
-This runs `recipes/docvqa.py`'s `main()`: that script is task-generic (the YAML's `task:` picks how rows
-become prompts and targets, and how predictions are scored), so a second training loop would only be a
-copy to keep in sync. This file gives the custom-data recipes their own entry point and launch commands.
+This runs the package's one fine-tuning recipe, `florence_recipes.recipe.main` (the same as
+`recipes/docvqa.py`): the YAML's `task:` or `dataset_mixture:` picks the data; collator, Trainer and metrics are
+shared. This script gives these recipes their own name and launch commands.
 
 Your data: a `.jsonl` / `.parquet` file, a folder of `train.jsonl` + `validation.jsonl` (image paths
 relative to the folder), or an imagefolder with `metadata.jsonl`. Row formats per task:
@@ -23,9 +23,8 @@ Florence-2-base on your own folder, one GPU:
         --config recipes/custom/detection.yaml --dataset_name path/to/my_boxes
 """
 
-from docvqa import main  # recipes/ is on sys.path when this file runs as a script
-
-from florence_recipes.training import run_recipe
+from florence_recipes.cli import run_recipe
+from florence_recipes.recipe import main
 
 if __name__ == "__main__":
     run_recipe(main)

@@ -3,8 +3,11 @@
     pip install -e ".[demo]"
     python recipes/demo.py --model_name_or_path outputs/docvqa-base
 
-and open http://127.0.0.1:7860. The task menu also offers Florence-2's own tasks (`<OCR>`, `<CAPTION>`,
-`<OD>`, ...); for those that return boxes the answer is drawn on the image. The app listens on 127.0.0.1
+and open http://127.0.0.1:7860. The task menu starts on what the model was trained on, with the prompt and
+generation settings of its training evaluation (the `florence_recipes.json` saved with the model; without one,
+`<DocVQA>` + question). It also offers the recipes' other tasks and Florence-2's own (`<OCR>`, `<CAPTION>`,
+`<OD>`, ...); picking one the model was not trained on logs one warning line. For tasks that return boxes the
+answer is drawn on the image. The app listens on 127.0.0.1
 only; `--server_name 0.0.0.0` serves it to your network, `--share true` through a public Gradio link.
 Gradio's usage analytics and version check stay off unless `--analytics true`.
 """
@@ -12,6 +15,8 @@ Gradio's usage analytics and version check stay off unless `--analytics true`.
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import gradio as gr
@@ -19,22 +24,73 @@ from accelerate import PartialState
 from PIL import Image
 from transformers import PreTrainedModel, ProcessorMixin
 
+from florence_recipes.cli import run_recipe
 from florence_recipes.configs import ModelArguments, RecipeArgumentParser
 from florence_recipes.errors import RecipeError
 from florence_recipes.inference import answer, draw_regions, load_for_inference
-from florence_recipes.tasks import DOCVQA_PROMPT
-from florence_recipes.training import run_recipe
+from florence_recipes.provenance import TrainingRecord, generation_settings, read_record, resolve_prompt
 
-# (menu label, task token, whether the text box is used)
+logger = logging.getLogger(__name__)
+
+# (menu label, task name or token): the recipes' task names, then Florence-2 tokens no recipe trains.
 TASK_CHOICES = (
-    ("Question about the document", DOCVQA_PROMPT, True),
-    ("Read the text (OCR)", "<OCR>", False),
-    ("Caption", "<CAPTION>", False),
-    ("Detailed caption", "<MORE_DETAILED_CAPTION>", False),
-    ("Detect objects (boxes)", "<OD>", False),
-    ("Text with regions (boxes)", "<OCR_WITH_REGION>", False),
-    ("Find a phrase (boxes)", "<CAPTION_TO_PHRASE_GROUNDING>", True),
+    ("Question about the document (docvqa)", "docvqa"),
+    ("Question (vqa)", "vqa"),
+    ("Read the text (OCR)", "ocr"),
+    ("Caption", "caption"),
+    ("Detailed caption", "<MORE_DETAILED_CAPTION>"),
+    ("Detect objects (boxes)", "detection"),
+    ("Text with regions (boxes)", "<OCR_WITH_REGION>"),
+    ("Find a phrase (boxes)", "grounding"),
+    ("Your own prompt (cauldron)", "cauldron"),
 )
+TRAINED = "trained"  # the menu entry of the recorded task and prompt
+
+
+def task_choices(record: TrainingRecord | None) -> tuple[list[tuple[str, str]], str]:
+    """The task menu and its default: the recorded training task first, else <DocVQA> as before."""
+    if record is None:
+        return [(label, value) for label, value in TASK_CHOICES], "docvqa"
+    trained = f"As trained: {record.describe()}"
+    return [(trained, TRAINED), *TASK_CHOICES], TRAINED
+
+
+def make_answer(
+    model: PreTrainedModel,
+    processor: ProcessorMixin,
+    record: TrainingRecord | None,
+    max_new_tokens: int | None,
+    num_beams: int | None,
+) -> Callable[[Image.Image | None, str, str], tuple[str, Image.Image | None]]:
+    """The app's answer function: (image, menu value, text) -> (answer text, image with boxes or None)."""
+    generation = generation_settings(record, max_new_tokens, num_beams)
+
+    def run(image: Image.Image | None, task: str, text: str) -> tuple[str, Image.Image | None]:
+        if image is None:
+            raise gr.Error("Upload a document image first.")
+        try:
+            choice = resolve_prompt(None if task == TRAINED else task, record)
+            if choice.warning:
+                logger.warning(choice.warning)
+            if choice.takes_text and not (text or "").strip():
+                raise gr.Error("Type a question (or phrase) for this task.")
+            output = answer(
+                model,
+                processor,
+                [image],
+                task=choice.task_token,
+                prompt=choice.prompt(text if choice.takes_text else None),
+                max_new_tokens=generation.max_new_tokens,
+                max_length=generation.max_length,
+                num_beams=generation.num_beams,
+            )[0]
+        except RecipeError as err:
+            raise gr.Error(str(err)) from None
+        if isinstance(output, str):
+            return output, None
+        return json.dumps(output), draw_regions(image, output)
+
+    return run
 
 
 @dataclass
@@ -42,8 +98,13 @@ class DemoArguments:
     server_name: str = field(default="127.0.0.1", metadata={"help": "Address to listen on."})
     server_port: int = field(default=7860, metadata={"help": "Port to listen on."})
     share: bool = field(default=False, metadata={"help": "Also serve through a public gradio.live link."})
-    max_new_tokens: int = field(default=1024, metadata={"help": "Longest output in tokens."})
-    num_beams: int = field(default=3, metadata={"help": "Beam search width (3 as in Florence-2's examples)."})
+    max_new_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Longest output in tokens; default: the recorded evaluation's length, else 1024."},
+    )
+    num_beams: int | None = field(
+        default=None, metadata={"help": "Beam search width; default: the recorded evaluation's, else 3."}
+    )
     analytics: bool = field(default=False, metadata={"help": "Let Gradio send usage analytics."})
     title: str | None = field(default=None, metadata={"help": "Page title (default: the checkpoint's name)."})
 
@@ -52,32 +113,13 @@ def build_demo(
     model: PreTrainedModel,
     processor: ProcessorMixin,
     title: str,
-    max_new_tokens: int,
-    num_beams: int,
+    max_new_tokens: int | None,
+    num_beams: int | None,
     analytics: bool = False,
+    record: TrainingRecord | None = None,
 ) -> gr.Blocks:
-    uses_text = {token: text for _, token, text in TASK_CHOICES}
-
-    def run(image: Image.Image | None, task: str, text: str) -> tuple[str, Image.Image | None]:
-        if image is None:
-            raise gr.Error("Upload a document image first.")
-        if uses_text[task] and not text.strip():
-            raise gr.Error("Type a question (or phrase) for this task.")
-        try:
-            output = answer(
-                model,
-                processor,
-                [image],
-                task=task,
-                text=text if uses_text[task] else None,
-                max_new_tokens=max_new_tokens,
-                num_beams=num_beams,
-            )[0]
-        except RecipeError as err:
-            raise gr.Error(str(err)) from None
-        if isinstance(output, str):
-            return output, None
-        return json.dumps(output), draw_regions(image, output)
+    run = make_answer(model, processor, record, max_new_tokens, num_beams)
+    choices, default = task_choices(record)
 
     with gr.Blocks(title=title, analytics_enabled=analytics) as demo:
         gr.Markdown(f"## {title}\nUpload a document, pick a task, ask.")
@@ -85,8 +127,8 @@ def build_demo(
             with gr.Column():
                 image = gr.Image(type="pil", label="Document", elem_id="document")
                 task = gr.Dropdown(
-                    choices=[(label, token) for label, token, _ in TASK_CHOICES],
-                    value=DOCVQA_PROMPT,
+                    choices=choices,
+                    value=default,
                     label="Task",
                     elem_id="task",
                 )
@@ -103,10 +145,11 @@ def build_demo(
 
 def main() -> None:
     model_args, args = RecipeArgumentParser((ModelArguments, DemoArguments)).parse()
+    record = read_record(model_args.model_name_or_path, model_args.model_revision)
     model, processor = load_for_inference(model_args)
     model.to(PartialState().device)
     title = args.title or f"Florence-2: {model_args.model_name_or_path}"
-    demo = build_demo(model, processor, title, args.max_new_tokens, args.num_beams, args.analytics)
+    demo = build_demo(model, processor, title, args.max_new_tokens, args.num_beams, args.analytics, record)
     # System fonts: the default theme fetches Google Fonts, which an offline machine cannot reach.
     theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
     demo.queue().launch(

@@ -74,7 +74,8 @@ def processor(tiny_model_dir: Path):
 @pytest.fixture(scope="session")
 def train_rows(docvqa_dir: Path):
     """The synthetic DocVQA train split as standard rows."""
-    from florence_recipes.data import get_task, load_task_split
+    from florence_recipes.data import load_task_split
+    from florence_recipes.tasks import get_task
 
     return load_task_split(get_task("docvqa"), str(docvqa_dir), "train")
 
@@ -95,3 +96,22 @@ def run_recipe_subprocess(
         timeout=timeout,
         check=False,
     )
+
+
+def standard_features():
+    """The standard rows' features with decoded images, to build small datasets in tests."""
+    from datasets import Image
+
+    from florence_recipes.data import ROW_FEATURES
+
+    features = ROW_FEATURES.copy()
+    features["image"] = Image()
+    return features
+
+
+def sources_of(task: str = "docvqa", dataset: str = "synthetic"):
+    """The `sources` of a one-dataset run of `task`, as `data_sources` gives them to `FlorenceTrainer`."""
+    from florence_recipes.data import DataSource
+    from florence_recipes.tasks import get_task
+
+    return [DataSource(get_task(task), dataset, None, "train", "validation", name=task)]

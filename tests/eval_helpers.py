@@ -21,7 +21,8 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from florence_recipes.collator import Florence2Collator
-from florence_recipes.data import get_task, load_task_split
+from florence_recipes.data import load_task_split
+from florence_recipes.tasks import get_task
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page

@@ -23,10 +23,10 @@ from conftest import REPO_ROOT, run_recipe_subprocess
 from datasets import Dataset
 from PIL import Image
 
-from florence_recipes.collator import to_rgb
 from florence_recipes.configs import parse_recipe_args
 from florence_recipes.data import data_sources, load_train_dataset
 from florence_recipes.errors import RecipeError
+from florence_recipes.images import to_rgb
 from florence_recipes.validation import (
     as_text_list,
     bad_sample_metrics,
@@ -376,6 +376,9 @@ def test_recipe_skips_and_reports_counts(zoo_dir: Path, tiny_model_dir: Path, tm
     assert results["train_targets_truncated"] == 1
     assert (results["eval_bad_samples"], results["eval_bad_samples_image_unreadable"]) == (1, 1)
     assert results["eval_samples"] == 2
+    # The unreadable eval item scores 0 in the headline; the mean over the readable ones is beside it.
+    assert (results["eval_unreadable"], results["eval_scored"]) == (1, 2)
+    assert results["eval_anls"] == pytest.approx(results["eval_anls_over_readable"] * 2 / 3)
 
 
 def test_recipe_names_a_missing_dataset_before_loading_the_model(tmp_path: Path) -> None:

@@ -17,13 +17,13 @@ from PIL import ImageChops
 
 from florence_recipes.builders.datasets import (
     CAULDRON_SUBSETS,
-    MARKER_FILE,
     docvqa_documents,
     write_synthetic_cauldron,
     write_synthetic_detection,
     write_synthetic_docvqa,
     write_synthetic_vqa_jsonl,
 )
+from florence_recipes.builders.model import BUILD_MARKER
 
 DOCVQA_ARGS: dict[str, Any] = {
     "num_train_docs": 4,
@@ -76,7 +76,7 @@ def _files(folder: Path) -> dict[str, Path]:
 def test_docvqa_layout_splits_and_features(docvqa_dir: Path, tmp_path: Path) -> None:
     assert set(_files(docvqa_dir)) == {
         "README.md",
-        MARKER_FILE,
+        BUILD_MARKER,
         "data/train-00000-of-00001.parquet",
         "data/validation-00000-of-00001.parquet",
         "data/test-00000-of-00001.parquet",
@@ -170,7 +170,7 @@ def test_docvqa_skips_empty_splits(tmp_path: Path) -> None:
 
 def test_cauldron_layout_and_card(cauldron_dir: Path) -> None:
     expected = {f"{subset}/train-00000-of-00001.parquet" for subset in CAULDRON_SUBSETS}
-    assert set(_files(cauldron_dir)) == expected | {"README.md", MARKER_FILE}
+    assert set(_files(cauldron_dir)) == expected | {"README.md", BUILD_MARKER}
     header = yaml.safe_load((cauldron_dir / "README.md").read_text().split("---")[1])
     assert [config["config_name"] for config in header["configs"]] == list(CAULDRON_SUBSETS)
     assert header["configs"][0]["data_files"] == [
@@ -293,7 +293,7 @@ def _stamps(folder: Path) -> dict[str, tuple[int, int]]:
 def test_second_call_does_not_rewrite(tmp_path: Path, writer: Writer, kwargs: dict[str, Any]) -> None:
     folder = writer(tmp_path / "nested" / "out", **kwargs)
     assert folder == tmp_path / "nested" / "out"
-    marker = json.loads((folder / MARKER_FILE).read_text())
+    marker = json.loads((folder / BUILD_MARKER).read_text())
     assert marker["builder"] == writer.__name__
     before = _stamps(folder)
     assert writer(str(folder), **kwargs) == folder
@@ -310,7 +310,7 @@ def test_same_seed_same_bytes(tmp_path: Path, writer: Writer, kwargs: dict[str, 
         name: path.read_bytes()
         for name, path in _files(writer(tmp_path / "c", **{**kwargs, "seed": 8})).items()
     }
-    changed = [name for name in first if name != MARKER_FILE and first[name] != other.get(name)]
+    changed = [name for name in first if name != BUILD_MARKER and first[name] != other.get(name)]
     assert changed
 
 
@@ -318,7 +318,7 @@ def test_partial_folder_is_rebuilt(tmp_path: Path) -> None:
     folder = write_synthetic_vqa_jsonl(tmp_path / "vqa", **JSONL_ARGS)
     expected = {name: path.read_bytes() for name, path in _files(folder).items()}
     # An interrupted build: no marker, a missing image, a truncated JSONL.
-    (folder / MARKER_FILE).unlink()
+    (folder / BUILD_MARKER).unlink()
     (folder / "images" / "train-00000.png").unlink()
     (folder / "train.jsonl").write_text("{")
     write_synthetic_vqa_jsonl(folder, **JSONL_ARGS)
@@ -332,7 +332,7 @@ def test_changed_arguments_rebuild_and_keep_foreign_files(tmp_path: Path) -> Non
     assert not (folder / "chartqa").exists()  # the old build's subset is gone
     assert (folder / "ai2d" / "train-00000-of-00001.parquet").is_file()
     assert (folder / "notes.txt").read_text() == "mine"
-    assert json.loads((folder / MARKER_FILE).read_text())["args"]["subsets"] == ["ai2d"]
+    assert json.loads((folder / BUILD_MARKER).read_text())["args"]["subsets"] == ["ai2d"]
 
 
 def test_docvqa_images_are_pngs_of_the_requested_size(tmp_path: Path) -> None:

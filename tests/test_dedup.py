@@ -6,13 +6,14 @@ import itertools
 from pathlib import Path
 
 import torch
+from conftest import sources_of
 
 from florence_recipes.collator import Florence2Collator
 from florence_recipes.configs import FlorenceTrainingArguments, ModelArguments
 from florence_recipes.data import column_values
 from florence_recipes.modeling import apply_training_mode, load_model
 from florence_recipes.speed import ImageGroupedSampler
-from florence_recipes.training import FlorenceTrainer
+from florence_recipes.trainer import FlorenceTrainer
 
 BATCH = 7  # not a multiple of 3 questions per image: a batch also holds part of an image's questions
 
@@ -32,9 +33,9 @@ def make_trainer(tiny_model_dir: Path, rows, processor, tmp_path: Path, **speed)
     return FlorenceTrainer(
         model=model,
         args=args,
+        processor=processor,
+        sources=sources_of("docvqa"),
         train_dataset=rows,
-        data_collator=Florence2Collator(processor),
-        processing_class=processor,
     )
 
 

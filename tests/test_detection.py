@@ -13,14 +13,14 @@ from PIL import Image
 from transformers import AddedToken, AutoProcessor, EvalPrediction
 
 from florence_recipes.detection import (
-    DetectionMetrics,
     format_detection_target,
-    image_size,
     mean_average_precision,
     parse_boxes,
     quantize_boxes,
 )
 from florence_recipes.errors import RecipeError
+from florence_recipes.images import image_size
+from florence_recipes.scoring import BoxScorer
 
 SIZES = [(256, 256), (640, 480), (333, 1000), (4000, 3000)]
 
@@ -127,12 +127,13 @@ def test_detection_metrics_keep_loc_tokens_that_are_special(tiny_model_dir: Path
         tokenizer(targets, padding="longest", return_tensors="np")["attention_mask"] == 1, ids, -100
     )
 
-    metrics = DetectionMetrics(processor, targets, sizes, ["<OD>", "<OD>"], sources=["shapes", "more"])
+    metrics = BoxScorer(processor, targets, sizes, ["<OD>", "<OD>"], sources=["shapes", "more"])
     scores = metrics(EvalPrediction(predictions=ids, label_ids=ids))
     assert scores["map"] == 1.0 and scores["count"] == 2
     assert scores["shapes_map"] == 1.0 and scores["more_map_50"] == 1.0
-    assert metrics.last_predictions == targets
-    assert metrics.last_boxes[1]["labels"] == ["triangle"]
+    texts = metrics.decode(ids)
+    assert texts == targets
+    assert metrics.parse(1, texts[1])["labels"] == ["triangle"]
 
     # A prediction that misses one of the three objects: recall 2/3 at every threshold.
     ids_missing = tokenizer(

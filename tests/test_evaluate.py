@@ -1,6 +1,6 @@
 """recipes/evaluate.py end to end on the tiny fitted model and the synthetic DocVQA: the files it writes agree
-with each other and with the dataset, the hidden test split still gets a submission, and several processes
-give the same results as one."""
+with each other and with the dataset, the hidden test split still gets a submission, several processes give
+the same results as one, and every task is scored exactly as the training recipe scores it."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ from typing import Any
 import pytest
 from conftest import REPO_ROOT, run_recipe_subprocess
 from datasets import load_dataset
+from eval_helpers import fit_tiny_model
 
+from florence_recipes.builders import write_synthetic_cauldron, write_synthetic_vqa_jsonl
+from florence_recipes.builders.datasets import write_synthetic_detection
 from florence_recipes.evaluation import parse_evaluation_args
 from florence_recipes.metrics import ITEM_METRICS
 
@@ -161,3 +164,92 @@ def test_split_alias_and_argument_errors() -> None:
     assert data_args.eval_split == "validation"
     with pytest.raises(SystemExit):
         parse_evaluation_args(["--output_dir", "out", "--gallery_size", "0"])
+
+
+def recipe_eval(model_dir: Path, out: Path, *data_args: str) -> dict[str, Any]:
+    """The training recipe's own evaluation of a checkpoint (`--do_train false`), with evaluate.py's settings."""
+    result = run_recipe_subprocess(
+        "docvqa.py", "--model_name_or_path", str(model_dir), *data_args, "--output_dir", str(out),
+        "--do_train", "false", "--do_eval", "true", "--report_to", "none", *FAST,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads((out / "eval_results.json").read_text(encoding="utf-8"))
+
+
+def test_evaluate_and_the_recipe_agree_on_the_same_checkpoint(
+    tmp_path: Path, validation_run: Path, fitted_model_dir: Path, docvqa_dir: Path
+) -> None:
+    recipe = recipe_eval(fitted_model_dir, tmp_path / "recipe", "--dataset_name", str(docvqa_dir))
+    _, metrics, _ = read_run(validation_run)
+    assert 0 < metrics["anls"] < 1  # a score worth comparing
+    for key in (*METRICS, "count", "scored"):
+        assert metrics[key] == pytest.approx(recipe[f"eval_{key}"], abs=1e-9), key
+
+
+def test_evaluate_scores_detection_with_map_as_the_recipe_does(tmp_path: Path, tiny_model_dir: Path) -> None:
+    data = write_synthetic_detection(tmp_path / "shapes", num_train=2, num_validation=6)
+    model_dir = fit_tiny_model(tiny_model_dir, data, tmp_path / "detector", task="detection", steps=80)
+    task = ("--task", "detection", "--dataset_name", str(data), "--max_target_length", "64")
+    evaluate("--model_name_or_path", str(model_dir), *task, "--output_dir", str(tmp_path / "eval"))
+    records, metrics, _ = read_run(tmp_path / "eval")
+    recipe = recipe_eval(model_dir, tmp_path / "recipe", *task)
+    assert metrics["map"] > 0 and metrics["count"] == len(records) == 6  # the fitted detector finds boxes
+    for key in ("map", "map_50", "map_75", "mar_100", "count"):
+        assert metrics[key] == pytest.approx(recipe[f"eval_{key}"], abs=1e-9), key
+    assert all("<loc_" in r["prediction"] for r in records)  # boxes are kept in the written predictions
+
+
+def test_evaluate_runs_the_bad_sample_policy_and_refuses_training_options(
+    tmp_path: Path, fitted_model_dir: Path
+) -> None:
+    data = write_synthetic_vqa_jsonl(tmp_path / "vqa", num_train=1, num_validation=5)
+    rows = (data / "validation.jsonl").read_text(encoding="utf-8").splitlines()
+    broken = json.loads(rows[2]) | {"image": "images/missing.png"}
+    (data / "validation.jsonl").write_text("\n".join([*rows[:2], json.dumps(broken), *rows[3:]]) + "\n")
+    args = ("--model_name_or_path", str(fitted_model_dir), "--task", "vqa", "--dataset_name", str(data))
+
+    refused = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "recipes" / "evaluate.py"), *args, "--output_dir", str(tmp_path / "a"), *FAST],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    last_line = refused.stderr.strip().splitlines()[-1]  # after the datasets progress bars
+    assert refused.returncode == 1 and last_line.startswith("error: eval split of ")
+    assert "image_missing" in last_line and "Traceback" not in refused.stderr
+
+    evaluate(*args, "--on_bad_sample", "skip", "--output_dir", str(tmp_path / "b"))
+    records, metrics, _ = read_run(tmp_path / "b")
+    assert metrics["count"] == 4 and metrics["bad_samples_image_missing"] == 1
+    # The skipped item is still in predictions.jsonl, unanswered, and scores 0 in the metrics (issue 15).
+    assert (
+        len(records) == 5 and records[2]["bad_sample"] == "image_missing" and records[2]["prediction"] == ""
+    )
+    assert metrics["unreadable"] == 1
+
+    for option in (("--max_train_samples", "3"), ("--train_split", "validation")):
+        result = subprocess.run(
+            [sys.executable, str(REPO_ROOT / "recipes" / "evaluate.py"), *args, *option, "--output_dir", "x"],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert result.returncode == 1, option
+        assert result.stderr == (
+            f"error: {option[0][2:]}: training option(s) that an evaluation does not use; pick the evaluated "
+            "split with --split (per mixture entry: eval_split) and cap it with --max_eval_samples\n"
+        )
+
+
+def test_evaluate_scores_a_mixture_per_source(tmp_path: Path, tiny_model_dir: Path) -> None:
+    cauldron = write_synthetic_cauldron(
+        tmp_path / "the_cauldron", subsets=("ai2d", "chartqa"), rows_per_subset=4
+    )
+    mixture = json.dumps(
+        [{"dataset": str(cauldron), "task": "cauldron", "config": subset, "eval_split": "train"}
+         for subset in ("ai2d", "chartqa")]
+    )  # fmt: skip
+    evaluate("--model_name_or_path", str(tiny_model_dir), "--dataset_mixture", mixture,
+             "--output_dir", str(tmp_path / "eval"))  # fmt: skip
+    records, metrics, _ = read_run(tmp_path / "eval")
+    # Rows without an image or with two are skipped (the default policies); every other turn is an item.
+    assert metrics["count"] == len(records) >= 4
+    assert {record["id"].split("-")[0] for record in records} == {"ai2d", "chartqa"}
+    # The mixture's overall metrics and each source's own (ai2d: exact match; chartqa: relaxed accuracy).
+    assert {"exact_match", "levenshtein", "ai2d_exact_match", "chartqa_relaxed_accuracy"} <= set(metrics)

@@ -1,6 +1,8 @@
 """Metric tests. Expected values are worked out by hand (arithmetic in the comments), never by calling
 the implementation, so a wrong formula fails here."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -10,15 +12,15 @@ from florence_recipes.metrics import (
     ITEM_METRICS,
     anls,
     anls_score,
-    build_compute_metrics,
-    corpus_scores,
     exact_match_score,
     levenshtein_similarity_score,
+    mean,
     normalize_text,
     relaxed_accuracy_score,
     score_items,
     vqa_accuracy_score,
 )
+from florence_recipes.scoring import TextScorer
 
 # --- ANLS ---------------------------------------------------------------------------------------
 
@@ -189,24 +191,23 @@ def test_registry_names() -> None:
     assert set(ITEM_METRICS) == {"anls", "levenshtein", "exact_match", "relaxed_accuracy", "vqa_accuracy"}
 
 
-def test_score_items_and_corpus_scores() -> None:
+def test_score_items_and_their_mean() -> None:
     predictions = ["ab", "10.4"]
     references = [["ac"], ["10"]]
     # "ab"/"ac": NL 0.5 -> ANLS 0, similarity 0.5. "10.4"/"10": 2 deletions / 4 -> NL 0.5 -> ANLS 0,
     # similarity 0.5; relaxed: 4% -> 1.
     assert score_items("levenshtein", predictions, references) == pytest.approx([0.5, 0.5])
-    assert corpus_scores(predictions, references, ["anls", "relaxed_accuracy"]) == pytest.approx(
-        {"anls": 0.0, "relaxed_accuracy": 0.5}
-    )
+    assert mean(score_items("anls", predictions, references)) == 0.0
+    assert mean(score_items("relaxed_accuracy", predictions, references)) == 0.5
     with pytest.raises(ValueError, match=r"valid names: \['anls'"):
         score_items("bleu", predictions, references)
     with pytest.raises(ValueError, match="2 predictions but 1 references"):
         score_items("anls", predictions, references[:1])
-    with pytest.raises(ValueError, match="No predictions"):
-        corpus_scores([], [], ["anls"])
+    with pytest.raises(ValueError, match="Cannot average an empty list"):
+        mean([])
 
 
-# --- compute_metrics hook -----------------------------------------------------------------------
+# --- the scorer: compute_metrics hook and evaluate.py ------------------------------------------
 
 VOCAB = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "42": 4, "blue.": 5, "10.4": 6, "forty": 7, "two": 8}
 
@@ -234,8 +235,12 @@ GENERATED = np.array(
 LABELS = np.array([[7, 8, 2], [5, 2, -100], [6, 2, -100]])
 
 
+def scorer(tokenizer: PreTrainedTokenizerFast, references: list[list[str]], **kwargs) -> TextScorer:
+    return TextScorer(SimpleNamespace(tokenizer=tokenizer), references, **kwargs)
+
+
 def test_compute_metrics_decodes_and_scores(tokenizer: PreTrainedTokenizerFast) -> None:
-    compute = build_compute_metrics(
+    compute = scorer(
         tokenizer,
         REFERENCES,
         sources=["docvqa", "chartqa", "chartqa"],
@@ -243,18 +248,22 @@ def test_compute_metrics_decodes_and_scores(tokenizer: PreTrainedTokenizerFast) 
     )
     results = compute(EvalPrediction(predictions=GENERATED, label_ids=LABELS))
 
-    assert compute.last_predictions == ["42", "blue.", "10.4"]
+    texts = compute.decode(GENERATED)
+    assert texts == ["42", "blue.", "10.4"]
+    items = compute.score(texts).items
     # Item scores: "42" matches its second gold exactly -> 1 everywhere.
-    # "blue." vs "blue": 1 / 5 -> NL 0.2 -> ANLS 0.8, similarity 0.8, exact 0, relaxed (text) 0.
-    # "10.4" vs "10": 2 / 4 -> NL 0.5 -> ANLS 0, similarity 0.5, exact 0, relaxed (4%) 1.
-    assert compute.last_item_scores["anls"] == pytest.approx([1.0, 0.8, 0.0])
-    assert compute.last_item_scores["relaxed_accuracy"] == [1.0, 0.0, 1.0]
+    # "blue." vs "blue": 1 / 5 -> NL 0.2 -> ANLS 0.8, similarity 0.8, exact 0.
+    # "10.4" vs "10": 2 / 4 -> NL 0.5 -> ANLS 0, similarity 0.5, exact 0.
+    assert [item["anls"] for item in items] == pytest.approx([1.0, 0.8, 0.0])
+    assert [item["exact_match"] for item in items] == [1.0, 0.0, 0.0]
+    # Per source, each its own metrics: chartqa's relaxed accuracy is "blue." -> 0 (text), "10.4" -> 1 (4%).
     assert results == pytest.approx(
         {
             "anls": 1.8 / 3,
             "levenshtein": 2.3 / 3,
             "exact_match": 1 / 3,
             "count": 3,
+            "scored": 3,
             "docvqa_anls": 1.0,
             "docvqa_levenshtein": 1.0,
             "docvqa_exact_match": 1.0,
@@ -264,18 +273,26 @@ def test_compute_metrics_decodes_and_scores(tokenizer: PreTrainedTokenizerFast) 
 
 
 def test_compute_metrics_accepts_tuple_predictions(tokenizer: PreTrainedTokenizerFast) -> None:
-    compute = build_compute_metrics(tokenizer, REFERENCES, metrics=["exact_match"])
+    compute = scorer(tokenizer, REFERENCES, metrics=["exact_match"])
     results = compute(EvalPrediction(predictions=(GENERATED,), label_ids=LABELS))
-    assert results == {"exact_match": pytest.approx(1 / 3), "count": 3}
+    assert results == {"exact_match": pytest.approx(1 / 3), "count": 3, "scored": 3}
+
+
+def test_items_without_gold_answers_are_predicted_but_not_scored(tokenizer: PreTrainedTokenizerFast) -> None:
+    # A hidden test split: the second question has no answers, so only items 1 and 3 are scored.
+    compute = scorer(tokenizer, [REFERENCES[0], [], REFERENCES[2]], metrics=["anls"])
+    scores = compute.score(compute.decode(GENERATED))
+    assert scores.items == [{"anls": 1.0}, None, {"anls": 0.0}]
+    assert scores.metrics == {"anls": 0.5, "count": 3, "scored": 2}  # (1 + 0) / 2
 
 
 def test_compute_metrics_errors(tokenizer: PreTrainedTokenizerFast) -> None:
-    compute = build_compute_metrics(tokenizer, REFERENCES[:2])
-    with pytest.raises(ValueError, match="3 predictions but 2 references"):
+    compute = scorer(tokenizer, REFERENCES[:2])
+    with pytest.raises(ValueError, match="3 predictions but 2 eval items"):
         compute(EvalPrediction(predictions=GENERATED, label_ids=LABELS))
     with pytest.raises(ValueError, match="Unknown metric"):
-        build_compute_metrics(tokenizer, REFERENCES, sources=["a"] * 3, source_metrics={"a": ["bleu"]})
-    with pytest.raises(ValueError, match="2 sources but 3 references"):
-        build_compute_metrics(tokenizer, REFERENCES, sources=["a", "b"])
+        scorer(tokenizer, REFERENCES, sources=["a"] * 3, source_metrics={"a": ["bleu"]})
+    with pytest.raises(ValueError, match="2 sources for 3 eval items"):
+        scorer(tokenizer, REFERENCES, sources=["a", "b"])
     with pytest.raises(ValueError, match=r"bad items: \[1\]"):
-        build_compute_metrics(tokenizer, [["a"], []])
+        scorer(tokenizer, [["a"], "b"])

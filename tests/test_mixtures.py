@@ -20,7 +20,7 @@ from florence_recipes.builders import (
 from florence_recipes.configs import DataArguments, FlorenceTrainingArguments, parse_recipe_args
 from florence_recipes.data import data_sources, load_eval_dataset, load_train_dataset, mix_datasets
 from florence_recipes.errors import RecipeError
-from florence_recipes.scoring import build_eval_metrics
+from florence_recipes.scoring import build_scorer
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +237,7 @@ def test_mixture_reports_each_source_with_its_own_metrics(
     sources = data_sources(data_args, training_args)
     eval_dataset = load_eval_dataset(sources, data_args)
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
-    metrics = build_eval_metrics(processor, eval_dataset, sources)
+    metrics = build_scorer(processor, eval_dataset, sources)
     rows = eval_dataset.select_columns(["source", "target"]).to_list()
 
     def nudged(row: dict[str, str]) -> str:
@@ -256,9 +256,9 @@ def test_mixture_reports_each_source_with_its_own_metrics(
     assert scores["ai2d_exact_match"] == pytest.approx(
         by_source["ai2d"].count("Answer: A") / len(by_source["ai2d"])
     )
-    assert scores["count"] == len(rows)
+    assert scores["count"] == scores["scored"] == len(rows)
     assert set(scores) == {
-        "exact_match", "levenshtein", "count", "docvqa_anls", "docvqa_exact_match", "chartqa_relaxed_accuracy",
+        "exact_match", "levenshtein", "count", "scored", "docvqa_anls", "docvqa_exact_match", "chartqa_relaxed_accuracy",
         "chartqa_exact_match", "ai2d_exact_match",
     }  # fmt: skip
 
@@ -275,4 +275,4 @@ def test_box_and_text_sources_cannot_share_an_eval(
     with pytest.raises(
         RecipeError, match=r"^eval: box sources \(detection\) and text sources \(vqa\) cannot be scored"
     ):
-        build_eval_metrics(AutoProcessor.from_pretrained(tiny_model_dir), eval_dataset, sources)
+        build_scorer(AutoProcessor.from_pretrained(tiny_model_dir), eval_dataset, sources)

@@ -9,15 +9,17 @@ from typing import Any
 import datasets
 import pytest
 import torch
+from conftest import sources_of, standard_features
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
 
 from florence_recipes.callbacks import NonFiniteLossGuard
+from florence_recipes.checkpoints import last_complete_checkpoint
 from florence_recipes.collator import IGNORE_INDEX, Florence2Collator
 from florence_recipes.configs import parse_recipe_args
-from florence_recipes.data import STANDARD_FEATURES
-from florence_recipes.training import FlorenceTrainer, last_complete_checkpoint
+from florence_recipes.errors import RecipeError
+from florence_recipes.trainer import FlorenceTrainer
 
 MAX_STEPS = 6
 
@@ -65,16 +67,24 @@ def train(
         "tags": [[]] * 4, "source": ["docvqa"] * 4,
     }  # fmt: skip
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
-    guard, weights = NonFiniteLossGuard(patience), WeightsPerStep()
+    weights = WeightsPerStep()
     trainer = FlorenceTrainer(
         model=AutoModelForImageTextToText.from_pretrained(tiny_model_dir),
         args=training_args,
-        train_dataset=datasets.Dataset.from_dict(rows, features=STANDARD_FEATURES),
-        data_collator=PoisonedCollator(processor, poisoned),
-        processing_class=processor,
-        callbacks=[guard, weights],
+        processor=processor,
+        sources=sources_of("docvqa"),
+        train_dataset=datasets.Dataset.from_dict(rows, features=standard_features()),
+        callbacks=[weights],
     )
-    trainer.train()
+    trainer.data_collator = PoisonedCollator(processor, poisoned)
+    guard = trainer.nonfinite_guard  # the trainer's own guard, built from nonfinite_loss_patience
+    try:
+        trainer.train()
+    except RecipeError as err:  # past the patience: one line naming the step and the last good checkpoint
+        assert guard.failure is not None and str(err).startswith(guard.failure)
+        assert f"last good checkpoint: {last_complete_checkpoint(output_dir) or 'none yet'}" in str(err)
+    else:
+        assert guard.failure is None
     return trainer, guard, weights.weights
 
 

@@ -7,15 +7,12 @@ from pathlib import Path
 
 import datasets
 import torch
-from conftest import SMOKE_YAML, run_recipe_subprocess
+from conftest import SMOKE_YAML, run_recipe_subprocess, sources_of, standard_features
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from florence_recipes.collator import Florence2Collator
 from florence_recipes.configs import parse_recipe_args
-from florence_recipes.data import STANDARD_FEATURES
-from florence_recipes.metrics import build_compute_metrics
 from florence_recipes.modeling import (
     VISION_MODULES,
     apply_training_mode,
@@ -23,7 +20,7 @@ from florence_recipes.modeling import (
     load_processor,
     set_generation_length,
 )
-from florence_recipes.training import FlorenceTrainer
+from florence_recipes.trainer import FlorenceTrainer
 
 ANSWERS = ["45.20", "Acme Corp", "12/03/1998", "John Smith", "4711", "$ 9.99", "Oslo", "blue"]
 
@@ -36,7 +33,8 @@ def smoke_args(tiny_model_dir: Path, docvqa_dir: Path, output_dir: Path, *extra:
 
 
 def eight_examples() -> datasets.Dataset:
-    rows: dict[str, list] = {column: [] for column in STANDARD_FEATURES}
+    features = standard_features()
+    rows: dict[str, list] = {column: [] for column in features}
     for i, answer in enumerate(ANSWERS):
         image = Image.new("RGB", (200, 150), "white")
         ImageDraw.Draw(image).text((10, 10), answer, fill="black")
@@ -45,7 +43,7 @@ def eight_examples() -> datasets.Dataset:
             "target": answer, "answers": [answer], "tags": [], "source": "docvqa",
         }.items():  # fmt: skip
             rows[column].append(value)
-    return datasets.Dataset.from_dict(rows, features=STANDARD_FEATURES)
+    return datasets.Dataset.from_dict(rows, features=features)
 
 
 def test_tiny_model_overfits_eight_examples_to_anls_1(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -62,21 +60,22 @@ def test_tiny_model_overfits_eight_examples_to_anls_1(tiny_model_dir: Path, tmp_
     processor = load_processor(model_args)
     model = load_model(model_args)
     set_generation_length(model, training_args.generation_max_length)
-    metrics = build_compute_metrics(processor.tokenizer, references=[[a] for a in ANSWERS])
     trainer = FlorenceTrainer(
         model=apply_training_mode(model, model_args),
         args=training_args,
+        processor=processor,
+        sources=sources_of("docvqa"),
         train_dataset=dataset,
         eval_dataset=dataset,
-        data_collator=Florence2Collator(processor),
-        processing_class=processor,
-        compute_metrics=metrics,
     )
     before = trainer.evaluate()
     trainer.train()
     after = trainer.evaluate()
     assert before["eval_anls"] < 0.2
-    assert metrics.last_predictions == ANSWERS
+    texts, items, predicted = trainer.predict_items()
+    assert texts == ANSWERS and items == [{"anls": 1.0, "levenshtein": 1.0, "exact_match": 1.0}] * 8
+    scores = ("eval_anls", "eval_levenshtein", "eval_exact_match", "eval_count", "eval_scored", "eval_loss")
+    assert {key: predicted[key] for key in scores} == {key: after[key] for key in scores}
     assert after["eval_anls"] == 1.0 and after["eval_exact_match"] == 1.0 and after["eval_count"] == 8
 
 

@@ -4,12 +4,16 @@ their smoke YAMLs with the data paths moved under tmp_path."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from conftest import REPO_ROOT, run_recipe_subprocess
+from PIL import Image
 
 from florence_recipes.configs import parse_recipe_args
 from florence_recipes.data import data_sources
@@ -77,11 +81,31 @@ def test_cauldron_mixture_smoke_streamed(tmp_path: Path, tiny_model_dir: Path) -
     assert "eval_chartqa_relaxed_accuracy" in results and "streamed" in results["log"]
 
 
+def run_card_snippet(model_dir: Path, tmp_path: Path) -> str:
+    """Run the model card's "How to use" snippet as a user would copy it, on a white page; its stdout."""
+    card = (model_dir / "README.md").read_text(encoding="utf-8")
+    snippet = re.search(r"## How to use\n\n```python\n(.*?)```", card, re.DOTALL)
+    assert snippet, "the model card has a python usage snippet"
+    Image.new("RGB", (320, 240), "white").save(tmp_path / "document.png")
+    result = subprocess.run(
+        [sys.executable, "-c", snippet[1]],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
 def test_custom_vqa_jsonl_smoke(tmp_path: Path, tiny_model_dir: Path) -> None:
-    config, _ = smoke_config(CUSTOM / "vqa_jsonl_smoke.yaml", tmp_path, tiny_model_dir)
+    config, out = smoke_config(CUSTOM / "vqa_jsonl_smoke.yaml", tmp_path, tiny_model_dir)
     results = run("custom.py", config)
     assert results["eval_count"] == 8 and results["train_samples"] == 32
     assert {"eval_anls", "eval_vqa_accuracy", "eval_exact_match", "eval_levenshtein"} <= set(results)
+    printed = run_card_snippet(out, tmp_path).strip()
+    assert "<" not in printed  # plain text: special tokens skipped
 
 
 def test_custom_detection_smoke(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -90,3 +114,6 @@ def test_custom_detection_smoke(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert results["eval_count"] == 8 and results["train_samples"] == 32
     assert all(0.0 <= results[f"eval_{key}"] <= 1.0 for key in ("map", "map_50", "map_75", "mar_100"))
     assert "<OD>" in (out / "README.md").read_text()  # the model card's usage example
+    # Box tasks: the snippet keeps the <loc_i> tokens and parses them into pixel boxes.
+    printed = run_card_snippet(out, tmp_path)
+    assert printed.startswith("{'<OD>': {'bboxes': [") and "'labels': [" in printed

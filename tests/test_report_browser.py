@@ -11,13 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from accelerate import PartialState
+from conftest import sources_of
 from eval_helpers import chromium_page, save_screenshot
 
 from florence_recipes.configs import ModelArguments
-from florence_recipes.data import get_task, load_task_split
-from florence_recipes.evaluation import EvaluationArguments, evaluate_checkpoint, write_evaluation
+from florence_recipes.data import load_task_split
+from florence_recipes.evaluation import EvaluationArguments, evaluate_model, write_evaluation
 from florence_recipes.report import write_comparison_report, write_report
+from florence_recipes.tasks import get_task
 
 # Every <img> of the page with whether it decoded: a broken or missing file has naturalWidth 0.
 IMAGES_JS = "Array.from(document.images).map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0])"
@@ -32,10 +33,12 @@ def report_dir(
     task = get_task("docvqa")
     dataset = load_task_split(task, str(docvqa_dir), "validation")
     eval_args = EvaluationArguments(output_dir=str(out), generation_max_length=32, dataloader_num_workers=0)
+    training_args = eval_args.trainer_arguments(max_target_length=32)
     runs = {}
     for name, model_dir in (("model", fitted_model_dir), ("baseline", tiny_model_dir)):
         model_args = ModelArguments(model_name_or_path=str(model_dir))
-        runs[name] = evaluate_checkpoint(model_args, dataset, task.metrics, eval_args, 32, PartialState())
+        result = evaluate_model(model_args, dataset, sources_of("docvqa"), training_args, 32)
+        runs[name] = result.records, result.metrics
     records, metrics = runs["model"]
     write_evaluation(out, records, metrics)
 

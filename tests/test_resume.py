@@ -18,9 +18,9 @@ from conftest import REPO_ROOT, SMOKE_YAML, recipe_command, run_recipe_subproces
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
+from florence_recipes.checkpoints import is_complete_checkpoint, last_complete_checkpoint, resolve_checkpoint
 from florence_recipes.configs import parse_recipe_args
 from florence_recipes.errors import RecipeError
-from florence_recipes.training import is_complete_checkpoint, last_complete_checkpoint, resolve_checkpoint
 
 MAX_STEPS, SAVE_STEPS = 36, 4  # 6 batches of 8 per epoch: checkpoints fall mid-epoch too
 VOLATILE = ("runtime", "per_second")  # timings, not results

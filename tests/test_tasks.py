@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -16,11 +17,18 @@ from florence_recipes.builders import (
     write_synthetic_detection,
     write_synthetic_vqa_jsonl,
 )
-from florence_recipes.data import STANDARD_COLUMNS, STANDARD_FEATURES, get_task, load_task_split
+from florence_recipes.data import ROW_FEATURES, load_task_split
 from florence_recipes.detection import format_detection_target
 from florence_recipes.errors import RecipeError
 from florence_recipes.metrics import ITEM_METRICS
-from florence_recipes.tasks import CAULDRON_FAMILIES, CAULDRON_SUBSET_METRICS, TASKS, cauldron_metric_table
+from florence_recipes.tasks import (
+    CAULDRON_FAMILIES,
+    CAULDRON_SUBSET_METRICS,
+    STANDARD_COLUMNS,
+    TASKS,
+    cauldron_metric_table,
+    get_task,
+)
 
 # The 50 configs of HuggingFaceM4/the_cauldron.
 CAULDRON_CONFIGS = [
@@ -71,16 +79,16 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 def test_unknown_task_lists_the_valid_ones() -> None:
     with pytest.raises(
         RecipeError,
-        match=r"^unknown task 'docqa'; valid tasks: caption, cauldron, detection, docvqa, grounding",
+        match=r"^unknown task 'docqa'; valid tasks: caption, cauldron, detection, docmatix, docvqa, grounding",
     ):
         get_task("docqa")
-    assert set(TASKS) == {"docvqa", "cauldron", "vqa", "caption", "ocr", "detection", "grounding"}
+    assert set(TASKS) == {"docvqa", "cauldron", "docmatix", "vqa", "caption", "ocr", "detection", "grounding"}
     for task in TASKS.values():  # every text task names registered metrics; box tasks are scored with mAP
         assert set(task.metrics) <= set(ITEM_METRICS) and bool(task.metrics) != bool(task.box_task)
 
 
 def test_standard_features_list_the_standard_columns() -> None:
-    assert tuple(STANDARD_FEATURES) == STANDARD_COLUMNS
+    assert tuple(ROW_FEATURES) == STANDARD_COLUMNS
 
 
 def test_cauldron_metric_table_covers_all_50_subsets() -> None:
@@ -162,7 +170,8 @@ def test_cauldron_image_policies(
         no_image_policy=no_image,
         multi_image_policy=multi_image,
     )
-    assert len(set(rows["image_id"])) == kept_rows
+    # Image identity is the content (issue 15): the two rows without an image share the one white stand-in.
+    assert len(set(rows["image_id"])) == kept_rows - (1 if no_image == "blank" else 0)
     by_id = {row_id: i for i, row_id in enumerate(rows["id"])}
     # Row 1 has two images (the question is about the second), row 2 none (its text is in the prompt).
     if two_image_size is None:
@@ -202,7 +211,7 @@ def test_vqa_jsonl_folder_with_paths_relative_to_it(
         assert row["id"] == line["id"] and row["source"] == "vqa"
         assert row["prompt"] == "<VQA>" + line["question"]
         assert row["answers"] == line["answers"] and row["target"] == line["answers"][0]
-        assert row["image_id"] == str(vqa_dir / line["image"])
+        assert row["image_id"] == hashlib.sha1((vqa_dir / line["image"]).read_bytes()).hexdigest()
         assert row["image"].size == PILImage.open(vqa_dir / line["image"]).size
 
 
@@ -220,7 +229,7 @@ def test_vqa_jsonl_file_with_prompt_and_answer(tmp_path: Path) -> None:
     assert out["id"] == ["vqa-train-0", "vqa-train-1", "vqa-train-2", "vqa-train-3"]
     assert out["prompt"] == ["What colour?", "Is it blue?", "Shape?", "How many?"]  # `prompt` is used as is
     assert out["answers"] == [["red"], ["no"], [], ["3"]] and out["target"] == ["red", "no", "", "3"]
-    assert out["image_id"][0] == out["image_id"][1] == str(tmp_path / "pics" / "red.png")
+    assert out["image_id"][0] == out["image_id"][1] == hashlib.sha1(png("red")).hexdigest()
     # A single file serves any split name, so percentages carve an eval split out of it.
     assert load_task_split(get_task("vqa"), str(data), "train[2:3]")["prompt"] == ["Shape?"]
     # `answers` written as one string is one gold answer, not a list of characters.

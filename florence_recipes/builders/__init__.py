@@ -14,6 +14,8 @@ from florence_recipes.builders.datasets import (
     write_synthetic_docvqa,
     write_synthetic_vqa_jsonl,
 )
+from florence_recipes.builders.docmatix import write_synthetic_docmatix
+from florence_recipes.builders.legacy_model import build_legacy_florence2, write_legacy_florence2
 from florence_recipes.builders.model import ARCHITECTURES, BUILD_MARKER, build_random_florence2
 from florence_recipes.builders.visual_qa import (
     dataset_image_blind_baseline,
@@ -27,6 +29,7 @@ from florence_recipes.errors import RecipeError
 DATASET_BUILDERS = {
     "docvqa": write_synthetic_docvqa,
     "cauldron": write_synthetic_cauldron,
+    "docmatix": write_synthetic_docmatix,
     "vqa": write_synthetic_vqa_jsonl,
     "detection": write_synthetic_detection,
 }
@@ -64,12 +67,15 @@ def _model_size(model_dir: Path) -> str:
 
 
 __all__ = [
+    "build_legacy_florence2",
     "build_offline_fixtures",
     "build_random_florence2",
     "dataset_image_blind_baseline",
     "image_blind_baseline",
+    "write_legacy_florence2",
     "write_synthetic_cauldron",
     "write_synthetic_detection",
+    "write_synthetic_docmatix",
     "write_synthetic_docvqa",
     "write_synthetic_visual_qa",
     "write_synthetic_vqa_jsonl",

@@ -39,7 +39,6 @@ from florence_recipes.builders.documents import (
 )
 from florence_recipes.builders.model import BUILD_MARKER
 
-MARKER_FILE = BUILD_MARKER  # one marker name for every builder
 # Bump when the generated content changes, so that folders built by an older version get rebuilt.
 _BUILD_VERSION = 1
 
@@ -130,7 +129,7 @@ def _split_info(
 
 def _read_marker(folder: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((folder / MARKER_FILE).read_text())
+        return json.loads((folder / BUILD_MARKER).read_text())
     except (OSError, ValueError):
         return None
 
@@ -167,7 +166,7 @@ def _build(
     staging.mkdir()
     try:
         write(staging)
-        (staging / MARKER_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        (staging / BUILD_MARKER).write_text(json.dumps(record, indent=2) + "\n")
         try:
             staging.rename(out_dir)  # atomic when out_dir is missing or empty
         except OSError:
@@ -182,7 +181,7 @@ def _install(staging: Path, out_dir: Path, record: dict[str, Any]) -> None:
     previous = _read_marker(out_dir)
     if previous == record:  # another process finished the same build meanwhile
         return
-    (out_dir / MARKER_FILE).unlink(missing_ok=True)  # from here on the folder reads as partial
+    (out_dir / BUILD_MARKER).unlink(missing_ok=True)  # from here on the folder reads as partial
     stale = set(record["outputs"])
     if previous and isinstance(previous.get("outputs"), list):
         # Only plain names, so a hand-edited marker cannot point outside the folder.
@@ -193,7 +192,7 @@ def _install(staging: Path, out_dir: Path, record: dict[str, Any]) -> None:
         _remove(out_dir / name)
     for name in record["outputs"]:
         (staging / name).rename(out_dir / name)
-    (staging / MARKER_FILE).rename(out_dir / MARKER_FILE)
+    (staging / BUILD_MARKER).rename(out_dir / BUILD_MARKER)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +31,29 @@ from transformers import (
 logger = logging.getLogger(__name__)
 
 BUILD_MARKER = ".florence_recipes_build.json"
-# Bump when the built files change (2: processor with post_processor_config), so older builds are rebuilt.
-BUILD_VERSION = 2
+# Bump when the built files change (2: processor with post_processor_config; 3: released vocabulary layout),
+# so older builds are rebuilt.
+BUILD_VERSION = 3
 NUM_LOCATION_BINS = 1000  # Florence-2 quantises coordinates into 1000 bins: <loc_0> … <loc_999>
-# Florence-2's own task / region tokens, present in the released tokenizer.
-TASK_TOKENS = [
-    "<od>", "</od>", "<ocr>", "</ocr>", "<cap>", "</cap>", "<dcap>", "</dcap>", "<ncap>", "</ncap>",
-    "<grounding>", "</grounding>", "<seg>", "</seg>", "<poly>", "</poly>", "<sep>", "<region_cap>",
-    "</region_cap>", "<region_to_desciption>", "</region_to_desciption>", "<proposal>", "</proposal>",
-    "<and>",
+# The tokens the released processor adds to BART's vocabulary, in its order, as additional *special* tokens
+# (microsoft/Florence-2-base `processing_florence2.py`, `Florence2Processor.__init__`, `tokens_to_add`; the
+# native conversion script, transformers `models/florence2/convert_florence2_original_pytorch_to_hf.py`,
+# keeps that tokenizer and appends `<image>`). With BART's 50,265 entries this gives the released 51,289:
+# <od> is 50265, <loc_0> 50269, <loc_999> 51268, <and> 51288, and the native `<image>` is 51289 (the default
+# `image_token_id` of transformers' `Florence2Config`).
+TASK_TOKENS_HEAD = ["<od>", "</od>", "<ocr>", "</ocr>"]
+TASK_TOKENS_TAIL = [
+    "<cap>", "</cap>", "<ncap>", "</ncap>", "<dcap>", "</dcap>", "<grounding>", "</grounding>", "<seg>", "</seg>",
+    "<sep>", "<region_cap>", "</region_cap>", "<region_to_desciption>", "</region_to_desciption>", "<proposal>",
+    "</proposal>", "<poly>", "</poly>", "<and>",
 ]  # fmt: skip
+TASK_TOKENS = TASK_TOKENS_HEAD + TASK_TOKENS_TAIL
+FLORENCE_TOKENS = TASK_TOKENS_HEAD + [f"<loc_{i}>" for i in range(NUM_LOCATION_BINS)] + TASK_TOKENS_TAIL
+BART_VOCAB_SIZE = 50265  # facebook/bart-base vocab.json: <s> 0, <pad> 1, </s> 2, <unk> 3, ..., <mask> 50264
+RELEASED_VOCAB_SIZE = BART_VOCAB_SIZE + len(FLORENCE_TOKENS)  # 51,289: text_config.vocab_size of the release
+IMAGE_TOKEN = "<image>"
+# The native conversion pads the embedding matrix to a multiple of 64 after adding <image>: 51,290 -> 51,328.
+EMBEDDING_PAD_MULTIPLE = 64
 
 # Parsing rules of the released processors: `post_process_generation` refuses any parse type missing here
 # (boxes for <OD>, quad boxes for <OCR_WITH_REGION>, ...).
@@ -57,7 +71,12 @@ POST_PROCESSOR_CONFIG: dict[str, dict[str, Any]] = {
     "description_with_bboxes_or_polygons": {},
 }
 
-# Architectures of the released checkpoints (vision: DaViT; text: BART-style encoder-decoder).
+# Architectures of the released checkpoints (vision: DaViT; text: BART-style encoder-decoder), from their public
+# config.json (microsoft/Florence-2-base and -large: `vision_config.dim_embed/depths/num_heads/num_groups/
+# window_size`, `text_config.d_model/encoder_layers/encoder_ffn_dim/max_position_embeddings` = 1024) as quoted in
+# public copies of those files (e.g. GitHub hu05xing/Florence-2-base-PromptGen-v2.0 config.json). `text_vocab`
+# is the byte-level BPE part of the vocabulary: BART's 50,265 for the released sizes, small for `tiny`.
+# Parameter counts (tests/test_legacy.py pins them per module group): base 231.44M, large 770.21M.
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "tiny": {
         "vision": {
@@ -69,6 +88,7 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
             "drop_path_rate": 0.0,
         },
         "text": {"d_model": 64, "layers": 2, "heads": 4, "ffn_dim": 128},
+        "text_vocab": 1024,
         "image_size": 128,
     },
     # The tiny architecture at 64 px: 5 image tokens instead of 17 and a 4x cheaper vision tower, for the
@@ -110,6 +130,7 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
             "drop_path_rate": 0.1,
         },
         "text": {"d_model": 768, "layers": 6, "heads": 12, "ffn_dim": 3072},
+        "text_vocab": BART_VOCAB_SIZE,
         "image_size": 768,
     },
     "large": {
@@ -122,6 +143,7 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
             "drop_path_rate": 0.1,
         },
         "text": {"d_model": 1024, "layers": 12, "heads": 16, "ffn_dim": 4096},
+        "text_vocab": BART_VOCAB_SIZE,
         "image_size": 768,
     },
 }
@@ -140,26 +162,47 @@ _CORPUS = [
 ]
 
 
-def _train_tokenizer(vocab_size: int) -> BartTokenizer:
+def _train_tokenizer(text_vocab: int) -> BartTokenizer:
+    """A BART-layout tokenizer: `text_vocab` byte-level BPE entries, then Florence-2's tokens, then `<image>`.
+
+    The BPE is trained offline on a small corpus, so its learned merges cover only that corpus; the rest of
+    the `text_vocab` ids are unreachable filler entries (never produced by encoding), which is what makes
+    the vocabulary, and so the embedding and output layers, exactly the released size.
+    """
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]  # BART's ids: bos 0, pad 1, eos 2, unk 3
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(
         _CORPUS * 4,
-        vocab_size=vocab_size,
+        vocab_size=min(text_vocab - 1, 1024),
         min_frequency=1,
-        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],  # BART's ids: bos 0, pad 1, eos 2, unk 3
+        special_tokens=specials,
         show_progress=False,
     )
     trained = json.loads(bpe._tokenizer.to_str())["model"]
+    vocab: dict[str, int] = dict(trained["vocab"])
+    filler = 0
+    while len(vocab) < text_vocab - 1:
+        token = (
+            f"Ġ<unused{filler}>"  # a valid byte-level string (Ġ is the space byte): decodes to " <unusedN>"
+        )
+        filler += 1
+        if token not in vocab:
+            vocab[token] = len(vocab)
+    vocab["<mask>"] = len(vocab)  # last BPE id, as in BART (50264)
     tokenizer = BartTokenizer(
-        vocab=trained["vocab"],
+        vocab=vocab,
         merges=[tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in trained["merges"]],
-        model_max_length=1024,
-        extra_special_tokens={"image_token": "<image>"},  # read back as `tokenizer.image_token(_id)`
+        model_max_length=1024,  # BART's and the released tokenizer's limit
     )
-    tokenizer.add_tokens([f"<loc_{i}>" for i in range(NUM_LOCATION_BINS)] + TASK_TOKENS)
-    # The image placeholder is a special token, as in the official conversion script.
-    tokenizer.add_tokens(AddedToken("<image>", special=True, normalized=False), special_tokens=True)
-    return tokenizer
+    # As the released processor does: Florence-2's tokens are additional special tokens.
+    tokenizer.add_special_tokens({"additional_special_tokens": FLORENCE_TOKENS})
+    # The image placeholder, as in transformers' conversion script: a special token after the released vocabulary.
+    tokenizer.add_tokens(AddedToken(IMAGE_TOKEN, special=True, normalized=False), special_tokens=True)
+    # Name it `image_token` (read back as `tokenizer.image_token(_id)`): the constructor argument would add it
+    # before Florence-2's tokens, so the finished tokenizer is reloaded with the name.
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        return BartTokenizer.from_pretrained(tmp, extra_special_tokens={"image_token": IMAGE_TOKEN})
 
 
 def image_seq_length(image_size: int, num_stages: int = 4) -> int:
@@ -168,13 +211,16 @@ def image_seq_length(image_size: int, num_stages: int = 4) -> int:
     return side * side + 1
 
 
-def build_processor(image_size: int, vocab_size: int = 1024) -> Florence2Processor:
-    tokenizer = _train_tokenizer(vocab_size)
+def build_processor(image_size: int, text_vocab: int = 1024) -> Florence2Processor:
+    """The released processor's settings (microsoft/Florence-2-base `preprocessor_config.json`: 768x768, resample
+    3 = bicubic, no centre crop, rescale 1/255, ImageNet mean/std, `image_seq_length` 577), at `image_size`."""
+    tokenizer = _train_tokenizer(text_vocab)
     image_processor = CLIPImageProcessor(
         do_resize=True,
         size={"height": image_size, "width": image_size},
         resample=3,  # bicubic, as the released processor
         do_center_crop=False,
+        crop_size={"height": image_size, "width": image_size},
         do_rescale=True,
         rescale_factor=1 / 255,
         do_normalize=True,
@@ -186,6 +232,23 @@ def build_processor(image_size: int, vocab_size: int = 1024) -> Florence2Process
     return Florence2Processor(
         image_processor=image_processor, tokenizer=tokenizer, post_processor_config=POST_PROCESSOR_CONFIG
     )
+
+
+@torch.no_grad()
+def fill_new_embedding_rows(weight: torch.Tensor, first_new_row: int) -> None:
+    """Set rows `first_new_row:` of a (tied) embedding matrix to the mean of the rows before them.
+
+    The LM head shares this matrix, so a mean row's logit is the mean of the old rows' logits: never above the
+    best old token's, so greedy decoding never picks an added row and generates what it did before the rows
+    were added (a random row, as `resize_token_embeddings` gives, could win). Beam search scores log-softmax
+    values, whose normaliser now also holds the added rows: its ranking matches the original's in practice
+    (the mean logit is far below the top ones) but is not guaranteed to, as with any padded vocabulary.
+    """
+    weight[first_new_row:] = weight[:first_new_row].mean(dim=0, dtype=torch.float32).to(weight.dtype)
+
+
+def padded_vocab_size(num_tokens: int) -> int:
+    return -(-num_tokens // EMBEDDING_PAD_MULTIPLE) * EMBEDDING_PAD_MULTIPLE
 
 
 def build_config(size: str, vocab_size: int, image_token_id: int) -> Florence2Config:
@@ -224,8 +287,10 @@ def build_random_florence2(
 
     Idempotent: a folder holding a complete build with the same arguments is returned as is.
     """
+    if size not in ARCHITECTURES:
+        raise ValueError(f"Unknown model size {size!r}; valid sizes: {', '.join(ARCHITECTURES)}")
     out_dir = Path(out_dir)
-    image_size = image_size or ARCHITECTURES.get(size, {}).get("image_size", 768)
+    image_size = image_size or ARCHITECTURES[size]["image_size"]
     spec = {"size": size, "image_size": image_size, "seed": seed, "version": BUILD_VERSION}
     marker = out_dir / BUILD_MARKER
     if marker.is_file() and json.loads(marker.read_text()) == spec:
@@ -233,13 +298,17 @@ def build_random_florence2(
     out_dir.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)
 
-    processor = build_processor(image_size)
+    processor = build_processor(image_size, ARCHITECTURES[size]["text_vocab"])
     tokenizer = processor.tokenizer
-    # Pad the vocabulary to a multiple of 64 like the released checkpoints (faster matmuls).
-    vocab_size = (len(tokenizer) + 63) // 64 * 64
+    # Pad the vocabulary to a multiple of 64 like the native release (faster matmuls): 51,290 -> 51,328.
+    vocab_size = padded_vocab_size(len(tokenizer))
     config = build_config(size, vocab_size, tokenizer.image_token_id)
     torch.manual_seed(seed)
     model = Florence2ForConditionalGeneration(config)
+    # Rows from <image> on (the image placeholder and the padding) get the mean of the released rows, exactly
+    # what `florence_recipes.legacy` gives them when it converts a release-layout checkpoint; so the stand-in
+    # is a converted checkpoint, and native -> legacy -> native round-trips bit for bit.
+    fill_new_embedding_rows(model.get_input_embeddings().weight, tokenizer.image_token_id)
     model.generation_config = GenerationConfig(
         decoder_start_token_id=2,
         bos_token_id=0,

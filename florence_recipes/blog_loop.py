@@ -1,4 +1,4 @@
-"""The seed blog's training loop and demo inference, re-implemented as the benchmark's baseline.
+"""The blog post's training loop and demo inference, re-implemented as the benchmark's baseline.
 
 Written by us from the blog's description, kept faithful on everything that sets its speed: fp32 weights and
 math, the processor called inside `collate_fn` on the main process (`num_workers=0`) with the tensors moved to
@@ -20,12 +20,12 @@ from datasets import Dataset
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, ProcessorMixin, get_scheduler
 
-SEED_BATCH_SIZE = 6  # the blog's batch for the frozen-vision run on one A100
-SEED_LEARNING_RATE = 1e-6  # the blog's learning rate for every setting
-SEED_NUM_BEAMS = 3  # the blog's demo generation
+BLOG_BATCH_SIZE = 6  # the blog's batch for the frozen-vision run on one A100
+BLOG_LEARNING_RATE = 1e-6  # the blog's learning rate for every setting
+BLOG_NUM_BEAMS = 3  # the blog's demo generation
 
 
-class SeedDocVQADataset(torch.utils.data.Dataset):
+class BlogDocVQADataset(torch.utils.data.Dataset):
     """The blog's dataset class: (question prompt, first answer, RGB image) per row."""
 
     def __init__(self, rows: Dataset) -> None:
@@ -42,8 +42,8 @@ class SeedDocVQADataset(torch.utils.data.Dataset):
         return row["prompt"], row["target"], image
 
 
-def seed_dataloader(
-    rows: Dataset, processor: ProcessorMixin, device: torch.device, batch_size: int = SEED_BATCH_SIZE
+def blog_dataloader(
+    rows: Dataset, processor: ProcessorMixin, device: torch.device, batch_size: int = BLOG_BATCH_SIZE
 ) -> DataLoader:
     """The blog's loader: shuffled, main-process collation that runs the processor and moves to `device`."""
 
@@ -55,12 +55,12 @@ def seed_dataloader(
         return inputs, answers
 
     return DataLoader(
-        SeedDocVQADataset(rows), batch_size=batch_size, shuffle=True, collate_fn=collate_fn, num_workers=0
+        BlogDocVQADataset(rows), batch_size=batch_size, shuffle=True, collate_fn=collate_fn, num_workers=0
     )
 
 
-def seed_optimizer(
-    model: PreTrainedModel, num_training_steps: int, lr: float = SEED_LEARNING_RATE
+def blog_optimizer(
+    model: PreTrainedModel, num_training_steps: int, lr: float = BLOG_LEARNING_RATE
 ) -> tuple[torch.optim.Optimizer, Any]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, foreach=False)
     scheduler = get_scheduler(
@@ -69,7 +69,7 @@ def seed_optimizer(
     return optimizer, scheduler
 
 
-def seed_train_step(
+def blog_train_step(
     model: PreTrainedModel,
     processor: ProcessorMixin,
     optimizer: torch.optim.Optimizer,
@@ -91,7 +91,7 @@ def seed_train_step(
     return loss.item()
 
 
-def seed_generate(
+def blog_generate(
     model: PreTrainedModel,
     processor: ProcessorMixin,
     prompt: str,
@@ -99,8 +99,10 @@ def seed_generate(
     device: torch.device,
     max_new_tokens: int,
     task: str = "<DocVQA>",
+    num_beams: int = BLOG_NUM_BEAMS,
 ) -> str:
-    """The blog's demo `run_example`: one example, beam search with 3 beams, then post-processing."""
+    """The blog's demo `run_example`: one example, beam search with 3 beams (`num_beams` to compare with
+    greedy decoding at equal beams), then post-processing."""
     if image.mode != "RGB":
         image = image.convert("RGB")
     inputs = processor(text=prompt, images=image, return_tensors="pt").to(device)
@@ -108,7 +110,7 @@ def seed_generate(
         input_ids=inputs["input_ids"],
         pixel_values=inputs["pixel_values"],
         max_new_tokens=max_new_tokens,
-        num_beams=SEED_NUM_BEAMS,
+        num_beams=num_beams,
     )
     generated_text = processor.batch_decode(generated_ids, skip_special_tokens=False)[0]
     parsed = processor.post_process_generation(
