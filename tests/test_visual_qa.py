@@ -19,8 +19,8 @@ from florence_recipes.builders import (
     image_blind_baseline,
 )
 from florence_recipes.builders.visual_qa import (
-    BACKGROUNDS,
     COLOURS,
+    DEFAULT_QUESTIONS,
     POSITIONS,
     QUESTIONS,
     write_synthetic_visual_qa,
@@ -52,8 +52,8 @@ def test_docvqa_task_reads_three_questions_per_image(small_dir: Path) -> None:
         by_image.setdefault(row["image_id"], []).append(row)
     assert len(by_image) == SMALL["num_train_images"]
     for questions in by_image.values():
-        assert [row["tags"] for row in questions] == [[kind] for kind in QUESTIONS]
-        assert [row["prompt"] for row in questions] == [f"<DocVQA>{q}" for q in QUESTIONS.values()]
+        assert [row["tags"] for row in questions] == [[kind] for kind in DEFAULT_QUESTIONS]
+        assert [row["prompt"] for row in questions] == [f"<DocVQA>{QUESTIONS[q]}" for q in DEFAULT_QUESTIONS]
         # One image, different answers: the question decides which attribute is read.
         assert len({row["target"] for row in questions}) == 3
     test = load_task_split(get_task("docvqa"), str(small_dir), "validation")
@@ -65,21 +65,17 @@ def test_answers_are_drawn_and_splits_share_no_image(small_dir: Path) -> None:
     for split in ("train", "validation"):
         split_rows = rows(small_dir, split)
         digests[split] = {image_digest(row["image"]) for row in split_rows}
-        for colour_row, _, position_row in zip(*[iter(split_rows)] * 3, strict=True):
-            image = colour_row["image"].convert("RGB")
-            background = image.getpixel((0, 0))
-            assert background in BACKGROUNDS
-            drawn = [
-                (x, y)
-                for x in range(image.width)
-                for y in range(image.height)
-                if image.getpixel((x, y)) != background
-            ]
-            # The shape's pixels have the colour of the answer (anti-aliasing aside: PIL draws without it).
-            assert {image.getpixel(xy) for xy in drawn} == {COLOURS[colour_row["target"]]}
-            centre_x = (min(x for x, _ in drawn) + max(x for x, _ in drawn)) / 2
-            column = POSITIONS[int(3 * centre_x / image.width)]
-            assert column == position_row["target"]
+        for background_row, colour_row, position_row in zip(*[iter(split_rows)] * 3, strict=True):
+            image = background_row["image"].convert("RGB")
+            background, colour = COLOURS[background_row["target"]], COLOURS[colour_row["target"]]
+            pixels = {(x, y): image.getpixel((x, y)) for x in range(image.width) for y in range(image.height)}
+            # Exactly the two answered colours (PIL draws without anti-aliasing), the background the majority.
+            assert background != colour and set(pixels.values()) == {background, colour}
+            shape = [xy for xy, value in pixels.items() if value == colour]
+            assert len(shape) < len(pixels) / 2
+            # The whole shape lies in the half that the position answer names.
+            halves = {POSITIONS[int(2 * x / image.width)] for x, _ in shape}
+            assert halves == {position_row["target"]}
     assert len(digests["train"]) == SMALL["num_train_images"]
     assert not digests["train"] & digests["validation"]
 
@@ -141,7 +137,7 @@ def test_dataset_baseline_is_near_chance(small_dir: Path, tmp_path: Path) -> Non
         tmp_path / "visual-qa", num_train_images=300, num_validation_images=300
     )
     baseline = dataset_image_blind_baseline(folder)
-    # Chance with 5 colours, 3 shapes, 3 positions drawn uniformly: (1/5 + 1/3 + 1/3) / 3 = 0.29.
+    # Chance with 5 background colours, 5 shape colours, 2 halves drawn uniformly: (1/5 + 1/5 + 1/2) / 3 = 0.3.
     assert 0.2 < baseline < 0.4
 
 
