@@ -123,13 +123,13 @@ def test_blank_and_shuffled_controls(small_dir: Path, tmp_path: Path) -> None:
     ]
 
 
-def test_image_blind_baseline_answers_the_most_frequent_answer_per_question() -> None:
-    train_q = ["colour?", "colour?", "colour?", "shape?", "shape?"]
-    train_a = [["red"], ["red"], ["blue"], ["circle"], ["square"]]
-    eval_q = ["colour?", "colour?", "shape?", "new?"]
-    eval_a = [["red"], ["blue"], ["circle"], ["x"]]
-    # red (1) + blue (0) + circle, the first of a tie (1) + an unseen question answered "" (0).
-    assert image_blind_baseline(train_q, train_a, eval_q, eval_a) == pytest.approx(0.5)
+def test_image_blind_baseline_is_the_best_single_answer_per_question() -> None:
+    questions = ["colour?", "colour?", "colour?", "shape?", "shape?", "shape?"]
+    answers = [["red"], ["blue"], ["blue"], ["circle", "ring"], ["ring"], ["square"]]
+    # colour: "blue" scores 2 of 3; shape: "ring" matches a gold answer of 2 items ("circle" only 1).
+    assert image_blind_baseline(questions, answers) == pytest.approx(4 / 6)
+    # ANLS partial credit counts: "blues" is one edit from "blue" (similarity 0.8), so it can win.
+    assert image_blind_baseline(["c?", "c?"], [["blue"], ["blues"]]) == pytest.approx((1 + 0.8) / 2)
 
 
 def test_dataset_baseline_is_near_chance(small_dir: Path, tmp_path: Path) -> None:
@@ -137,7 +137,8 @@ def test_dataset_baseline_is_near_chance(small_dir: Path, tmp_path: Path) -> Non
         tmp_path / "visual-qa", num_train_images=300, num_validation_images=300
     )
     baseline = dataset_image_blind_baseline(folder)
-    # Chance with 5 background colours, 5 shape colours, 2 halves drawn uniformly: (1/5 + 1/5 + 1/2) / 3 = 0.3.
+    # Chance with 5 background colours, 5 shape colours, 2 halves drawn uniformly: (1/5 + 1/5 + 1/2) / 3 = 0.3,
+    # a little more for the best single answer on a sample of 300 images.
     assert 0.2 < baseline < 0.4
 
 
@@ -149,14 +150,16 @@ def test_offline_fixtures_build_visual_qa_and_controls_by_folder_name(tmp_path: 
     assert json.loads((model / ".florence_recipes_build.json").read_text())["size"] == "tiny"
 
 
-# The regression check: colour questions only (learned first and fastest), on held-out images.
-REGRESSION_DATA = {"num_train_images": 600, "num_validation_images": 100, "questions": ("colour",)}
-REGRESSION_MARGIN = 0.25  # held-out ANLS must beat the image-blind baseline (~0.2) by this much
+# The regression check: the two colour questions (learned first), a short schedule, held-out images.
+REGRESSION_DATA = {
+    "num_train_images": 600,
+    "num_validation_images": 100,
+    "questions": ("background", "colour"),
+}
+REGRESSION_EPOCHS = "7"  # 525 steps of 16
+REGRESSION_MARGIN = 0.2  # held-out ANLS must beat the image-blind baseline (~0.2) by this much
 
 
-# Slow until learn_tiny.yaml learns (issue 11): so far no 2-minute budget gets clearly above the baseline,
-# and a default-suite test must pass on correct code. Move it back to the default suite once it does.
-@pytest.mark.slow
 def test_training_learns_from_the_pixels_with_dedup_vision(tmp_path: Path) -> None:
     """Held-out ANLS clearly above the image-blind baseline with group_by_image + dedup_vision: if image
     features were paired with the wrong question, no answer could be read and the score would fall to it."""
@@ -168,7 +171,7 @@ def test_training_learns_from_the_pixels_with_dedup_vision(tmp_path: Path) -> No
     result = run_recipe_subprocess(
         "docvqa.py", "--config", str(LEARN_YAML), "--model_name_or_path", str(model),
         "--dataset_name", str(data), "--build_offline_fixtures", "false", "--output_dir", str(output),
-        "--num_train_epochs", "3", "--eval_strategy", "no", "--save_strategy", "no",
+        "--num_train_epochs", REGRESSION_EPOCHS, "--eval_strategy", "no", "--save_strategy", "no",
         "--group_by_image", "true", "--dedup_vision", "true", "--dataloader_num_workers", "0",
     )  # fmt: skip
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]

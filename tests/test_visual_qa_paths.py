@@ -2,15 +2,21 @@
 (answers only in the images) for the same step budget as the plain full fine-tune and must reach its
 held-out ANLS, within a tolerance, and stay clearly above the image-blind baseline.
 
-Tolerance. The held-out set is 300 questions; the paths see the same examples in another order (grouped by
-image, sharded over 2 processes) or with other float sums, so their scores differ from the reference by
-run-to-run noise, not by a bug: at a true accuracy near 0.9 one standard error of the mean is
-sqrt(0.9 * 0.1 / 300) = 0.017; PATH_TOL = 0.08 is ~4.5 of them, to be recalibrated from measured
-path-to-path spreads once the recipe learns (issue 11: not yet). A pairing bug (features of another image)
-falls to the image-blind baseline, ~0.3, far outside it. Paths that compute the same forward pass (feature
-cache vs. no cache) get a tight bound.
+Run, with one line per path (held-out ANLS, steps, wall time):
+    python -m pytest -m slow tests/test_visual_qa_paths.py -s
 
-Status: these fail until recipes/docvqa/learn_tiny.yaml learns (see its header); none has been run to the end.
+Set: the two colour questions of `florence_recipes.builders.visual_qa` (learned first), 600 training and 100
+held-out images (200 questions); budget MAX_STEPS at global batch 16 from the random tiny64 model, with
+learn_tiny.yaml's schedule.
+
+Tolerance. The paths see the same examples in another order (grouped by image, sharded over 2 processes) or
+with other float sums, so their scores differ from the reference by run-to-run noise, not by a bug: at a
+true accuracy near 0.9 one standard error on 200 questions is sqrt(0.9 * 0.1 / 200) = 0.021, and the
+seed-to-seed spread of the plain recipe at this budget is larger (learning comes in plateaus whose length
+depends on the order of the examples). PATH_TOL = 0.15 allows for that; a pairing bug (features of another
+image) falls to the image-blind baseline, ~0.23, far outside it (the default-suite regression test in
+tests/test_visual_qa.py shows it: 0.21 with the dedup pairing shifted by one image). Paths that compute the
+same forward pass (feature cache vs. no cache) get a tight bound.
 """
 
 from __future__ import annotations
@@ -34,9 +40,10 @@ pytestmark = pytest.mark.slow
 
 LEARN_YAML = REPO_ROOT / "recipes" / "docvqa" / "learn_tiny.yaml"
 CONFIGS = REPO_ROOT / "accelerate_configs"
-MAX_STEPS = 600  # global batch 16: 9,600 questions, 2.7 epochs of the set below
-TRAIN_IMAGES, HELDOUT_IMAGES = 1200, 100
-PATH_TOL = 0.08  # see the module docstring
+MAX_STEPS = 2000  # global batch 16: 32,000 questions, 27 epochs of the set below
+TRAIN_IMAGES, HELDOUT_IMAGES = 600, 100
+QUESTIONS = ("background", "colour")
+PATH_TOL = 0.15  # see the module docstring
 SAME_NUMBERS_TOL = 0.02  # paths that compute the same forward pass (cache vs. no cache)
 ABOVE_BASELINE = 0.3  # every path must clear the image-blind baseline by this much
 
@@ -47,6 +54,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tmp_path_factory.mktemp("vqa") / "visual-qa",
         num_train_images=TRAIN_IMAGES,
         num_validation_images=HELDOUT_IMAGES,
+        questions=QUESTIONS,
     )
 
 
@@ -193,9 +201,9 @@ def test_resume_after_a_kill_mid_run(
         stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     deadline = time.monotonic() + 1800
-    while not (output / "checkpoint-300").exists():
-        assert process.poll() is None, "run ended before checkpoint-300"
-        assert time.monotonic() < deadline, "no checkpoint-300 in 30 min"
+    while not (output / f"checkpoint-{MAX_STEPS // 2}" / "trainer_state.json").exists():
+        assert process.poll() is None, f"run ended before checkpoint-{MAX_STEPS // 2}"
+        assert time.monotonic() < deadline, f"no checkpoint-{MAX_STEPS // 2} in 30 min"
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)  # mid-run: half the budget done
     process.wait()
@@ -207,12 +215,14 @@ def test_resume_after_a_kill_mid_run(
 def test_blank_image_control_stays_at_the_image_blind_baseline(
     model_dir: Path, data_dir: Path, baseline: float, tmp_path: Path
 ) -> None:
-    """The same recipe with every image blanked can only learn the answer prior: within 0.05 of the baseline."""
+    """The same recipe with every image blanked can only learn one answer per question: it cannot beat the
+    best single answer per question (the baseline) by more than noise."""
     blank = write_synthetic_visual_qa(
         tmp_path / "visual-qa-blank",
         num_train_images=TRAIN_IMAGES,
         num_validation_images=HELDOUT_IMAGES,
+        questions=QUESTIONS,
         control="blank",
     )
     metrics = run(*learn_args(model_dir, blank, tmp_path / "blank"))
-    assert metrics["eval_anls"] == pytest.approx(baseline, abs=0.05)
+    assert metrics["eval_anls"] <= baseline + 0.05

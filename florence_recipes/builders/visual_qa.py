@@ -215,41 +215,33 @@ def visual_qa_kind(folder: str | os.PathLike[str]) -> tuple[bool, str | None]:
     return True, next((control for control in CONTROLS if name.endswith(f"-{control}")), None)
 
 
-def image_blind_baseline(
-    train_questions: Sequence[str],
-    train_answers: Sequence[Sequence[str]],
-    eval_questions: Sequence[str],
-    eval_answers: Sequence[Sequence[str]],
-) -> float:
-    """ANLS of the best model that never looks at the image: per question text, the most frequent first
-    gold answer in training (ties: the first seen); a question unseen in training gets an empty answer."""
+def image_blind_baseline(questions: Sequence[str], answers: Sequence[Sequence[str]]) -> float:
+    """ANLS of the best model that never looks at the image, on these questions: per question text, the one
+    answer (from its gold answers) that scores most on that question's items. An image-blind model gives one
+    answer per question text, so none can score more; a model that does reads the pixels."""
     from florence_recipes.metrics import anls  # deferred: the metrics stack is heavier than the builders
 
-    if len(train_questions) != len(train_answers) or len(eval_questions) != len(eval_answers):
+    if len(questions) != len(answers):
         raise ValueError("questions and answers must have the same length")
-    counts: dict[str, Counter[str]] = {}
-    for question, golds in zip(train_questions, train_answers, strict=True):
-        if golds:
-            counts.setdefault(question.strip(), Counter())[golds[0]] += 1
-    guess = {question: counter.most_common(1)[0][0] for question, counter in counts.items()}
-    predictions = [guess.get(question.strip(), "") for question in eval_questions]
-    return anls(predictions, [list(golds) for golds in eval_answers])
+    by_question: dict[str, list[list[str]]] = {}
+    for question, golds in zip(questions, answers, strict=True):
+        by_question.setdefault(question.strip(), []).append(list(golds))
+    total = 0.0
+    for items in by_question.values():
+        candidates = Counter(gold for golds in items for gold in golds)
+        total += max(anls([answer] * len(items), items) * len(items) for answer in candidates)
+    return total / len(questions)
 
 
-def dataset_image_blind_baseline(
-    dataset_dir: str | os.PathLike[str], train_split: str = "train", eval_split: str = "validation"
-) -> float:
-    """:func:`image_blind_baseline` of a DocumentVQA-layout folder (this builder's or the Hub's layout)."""
+def dataset_image_blind_baseline(dataset_dir: str | os.PathLike[str], split: str = "validation") -> float:
+    """:func:`image_blind_baseline` of a split of a DocumentVQA-layout folder (this builder's or the Hub's)."""
     import datasets  # deferred, like the metrics
 
-    def columns(split: str) -> tuple[list[str], list[list[str]]]:
-        files = sorted((Path(dataset_dir) / "data").glob(f"{split}-*.parquet"))
-        if not files:
-            raise FileNotFoundError(f"{dataset_dir}: no data/{split}-*.parquet")
-        rows = datasets.Dataset.from_parquet([str(f) for f in files], columns=["question", "answers"])
-        return rows["question"], [golds or [] for golds in rows["answers"]]
-
-    return image_blind_baseline(*columns(train_split), *columns(eval_split))
+    files = sorted((Path(dataset_dir) / "data").glob(f"{split}-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{dataset_dir}: no data/{split}-*.parquet")
+    rows = datasets.Dataset.from_parquet([str(f) for f in files], columns=["question", "answers"])
+    return image_blind_baseline(rows["question"], [golds or [] for golds in rows["answers"]])
 
 
 LEARN_COMMAND = "accelerate launch recipes/docvqa.py --config recipes/docvqa/learn_tiny.yaml"
@@ -262,15 +254,15 @@ def offline_result_note(dataset_dir: str | os.PathLike[str], eval_anls: float) -
     if visual_qa_kind(dataset_dir)[0]:
         try:
             baseline = dataset_image_blind_baseline(dataset_dir)
-        except FileNotFoundError:  # no train split to take the most frequent answers from
+        except FileNotFoundError:  # evaluated on another split than validation
             return f"held-out eval_anls {eval_anls:.4f} on synthetic visual QA"
         return (
-            f"held-out eval_anls {eval_anls:.4f} on synthetic visual QA; image-blind baseline (most frequent "
+            f"held-out eval_anls {eval_anls:.4f} on synthetic visual QA; image-blind baseline (the best single "
             f"answer per question) {baseline:.4f}: only a model that reads the pixels gets clearly above it"
         )
     return (
         f"eval_anls {eval_anls:.4f} checks the pipeline (random tiny model, a few synthetic documents), not "
-        f"learning; the held-out check of learning from pixels (issue 11, in progress): {LEARN_COMMAND}"
+        f"learning; the held-out check of learning from pixels (about 10 min on 2 CPU cores): {LEARN_COMMAND}"
     )
 
 
