@@ -354,6 +354,14 @@ class FlorenceTrainingArguments(Seq2SeqTrainingArguments):
         default=0.35,
         metadata={"help": "Model FLOPs utilisation the budget's H100 GPU-hours assume (0..1)."},
     )
+    vision_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Peak learning rate of the DaViT vision tower, on the same schedule (default: learning_rate). "
+            "Lower than learning_rate keeps a young tower's features from collapsing to a constant while the "
+            "language model learns the answers' prior (recipes/docvqa/learn_tiny.yaml); training_mode=full only."
+        },
+    )
     group_eval_by_length: bool = field(
         default=True,
         metadata={
@@ -396,6 +404,8 @@ class FlorenceTrainingArguments(Seq2SeqTrainingArguments):
             raise ValueError(f"budget_mfu must be in (0, 1], got {self.budget_mfu}")
         if self.budget_world_size is not None and self.budget_world_size < 1:
             raise ValueError(f"budget_world_size must be >= 1, got {self.budget_world_size}")
+        if self.vision_learning_rate is not None and self.vision_learning_rate <= 0:
+            raise ValueError(f"vision_learning_rate must be > 0, got {self.vision_learning_rate}")
         if self.nonfinite_loss_patience < 0:
             raise ValueError(f"nonfinite_loss_patience must be >= 0, got {self.nonfinite_loss_patience}")
         uses_deepspeed = self.deepspeed or parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
@@ -544,6 +554,11 @@ def parse_recipe_args(
     model_args, data_args, training_args = parser.parse(args)
     try:
         check_precision(model_args, training_args)
+        if training_args.vision_learning_rate is not None and model_args.training_mode != "full":
+            raise ValueError(
+                f"vision_learning_rate trains the vision tower: valid only with training_mode=full (got "
+                f"{model_args.training_mode}, which freezes it)"
+            )
     except ValueError as err:
         parser.error(str(err))
     return model_args, data_args, training_args

@@ -13,6 +13,7 @@ from transformers import set_seed
 
 from florence_recipes.budget import report_budget
 from florence_recipes.builders import build_offline_fixtures
+from florence_recipes.builders.visual_qa import offline_result_note
 from florence_recipes.checkpoints import resolve_checkpoint
 from florence_recipes.cli import setup_logging
 from florence_recipes.configs import parse_recipe_args
@@ -151,3 +152,5 @@ def main() -> None:
         logger.info("Pushing to the Hub")
         trainer.push_to_hub(**card_kwargs)
     logger.info("*** Done: %s ***", training_args.output_dir)
+    if data_args.build_offline_fixtures and training_args.do_eval and "eval_anls" in metrics:
+        logger.info(offline_result_note(sources[0].dataset, metrics["eval_anls"]))

@@ -117,6 +117,25 @@ class FlorenceTrainer(Seq2SeqTrainer):
             )
         return result
 
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        """The Trainer's optimizer; with `vision_learning_rate`, the vision tower's parameters move to param
+        groups of their own at that peak rate (the scheduler scales every group's rate by the same factor)."""
+        if self.optimizer is not None or self.args.vision_learning_rate is None:
+            return super().create_optimizer(model)
+        optimizer = super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        tower = {id(p) for n, p in opt_model.named_parameters() if ".vision_tower." in f".{n}"}
+        groups = [
+            {**group, "params": params, "lr": self.args.vision_learning_rate if in_tower else group["lr"]}
+            for group in optimizer.param_groups
+            for in_tower in (False, True)
+            if (params := [p for p in group["params"] if (id(p) in tower) == in_tower])
+        ]
+        optimizer.param_groups.clear()  # no step taken yet, so there is no optimizer state to move
+        for group in groups:
+            optimizer.add_param_group(group)
+        return optimizer
+
     def prepare_feature_cache(self) -> ImageFeatureCache:
         """Image features of every unique training image (`feature_cache`), computed once per run or reused."""
         if self.feature_cache is None:

@@ -92,6 +92,9 @@ def test_smoke_recipe_end_to_end(tiny_model_dir: Path, docvqa_dir: Path, tmp_pat
     card = (out / "README.md").read_text()
     assert "florence-recipes" in card and "Anls" in card and "<DocVQA>" in card
     assert list(out.glob("checkpoint-*")), "the smoke run leaves a checkpoint"
+    # Its last log line says what the number means and which command shows learning.
+    log_lines = [line for line in (result.stdout + result.stderr).splitlines() if " - INFO - " in line]
+    assert "checks the pipeline" in log_lines[-1] and "recipes/docvqa/learn_tiny.yaml" in log_lines[-1]
 
     model = AutoModelForImageTextToText.from_pretrained(out)
     processor = AutoProcessor.from_pretrained(out)

@@ -16,7 +16,13 @@ from florence_recipes.builders.datasets import (
 )
 from florence_recipes.builders.docmatix import write_synthetic_docmatix
 from florence_recipes.builders.legacy_model import build_legacy_florence2, write_legacy_florence2
-from florence_recipes.builders.model import BUILD_MARKER, build_random_florence2
+from florence_recipes.builders.model import ARCHITECTURES, BUILD_MARKER, build_random_florence2
+from florence_recipes.builders.visual_qa import (
+    dataset_image_blind_baseline,
+    image_blind_baseline,
+    visual_qa_kind,
+    write_synthetic_visual_qa,
+)
 from florence_recipes.errors import RecipeError
 
 # Task name -> writer of a synthetic dataset that task reads (Hub layout, or JSONL + images for your own data).
@@ -45,19 +51,32 @@ def build_offline_fixtures(model_dir: str, dataset_dir: str, task: str) -> None:
             f"build_offline_fixtures: no synthetic dataset for task {task!r}; available: {', '.join(DATASET_BUILDERS)}"
         )
     if _buildable(Path(model_dir)):
-        build_random_florence2(Path(model_dir), size="tiny")
+        build_random_florence2(Path(model_dir), size=_model_size(Path(model_dir)))
     if _buildable(Path(dataset_dir)):
-        DATASET_BUILDERS[task](Path(dataset_dir))
+        is_visual_qa, control = visual_qa_kind(dataset_dir)
+        if task == "docvqa" and is_visual_qa:  # e.g. .cache/offline/visual-qa, visual-qa-blank
+            write_synthetic_visual_qa(Path(dataset_dir), control=control)
+        else:
+            DATASET_BUILDERS[task](Path(dataset_dir))
+
+
+def _model_size(model_dir: Path) -> str:
+    """`<size>-florence2...` folders get that architecture (e.g. small-florence2), any other name the tiny one."""
+    prefix = model_dir.name.split("-florence2")[0]
+    return prefix if "-florence2" in model_dir.name and prefix in ARCHITECTURES else "tiny"
 
 
 __all__ = [
     "build_legacy_florence2",
     "build_offline_fixtures",
     "build_random_florence2",
+    "dataset_image_blind_baseline",
+    "image_blind_baseline",
     "write_legacy_florence2",
     "write_synthetic_cauldron",
     "write_synthetic_detection",
     "write_synthetic_docmatix",
     "write_synthetic_docvqa",
+    "write_synthetic_visual_qa",
     "write_synthetic_vqa_jsonl",
 ]
