@@ -25,7 +25,8 @@ from florence_recipes.builders.visual_qa import (
     QUESTIONS,
     write_synthetic_visual_qa,
 )
-from florence_recipes.data import get_task, load_task_split
+from florence_recipes.data import load_task_split
+from florence_recipes.tasks import get_task
 
 SMALL = {"num_train_images": 12, "num_validation_images": 6, "num_test_images": 3, "seed": 5}
 LEARN_YAML = REPO_ROOT / "recipes" / "docvqa" / "learn_tiny.yaml"
