@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import REPO_ROOT, recipe_command, run_recipe_subprocess
 from safetensors.torch import load_file, save_file
 
@@ -68,9 +69,21 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_random_florence2(tmp_path_factory.mktemp("models") / "tiny64-florence2", size="tiny64")
 
 
-def learn_args(model: Path, data: Path, output: Path, *extra: str, batch: int = 16) -> tuple[str, ...]:
+@pytest.fixture(scope="module")
+def frozen_tower_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """learn_tiny.yaml without vision_learning_rate, which the recipe refuses where the tower is frozen."""
+    config = yaml.safe_load(LEARN_YAML.read_text())
+    del config["vision_learning_rate"]
+    path = tmp_path_factory.mktemp("yaml") / "learn_tiny_frozen_tower.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def learn_args(
+    model: Path, data: Path, output: Path, *extra: str, batch: int = 16, config: Path = LEARN_YAML
+) -> tuple[str, ...]:
     return (
-        "--config", str(LEARN_YAML), "--model_name_or_path", str(model), "--dataset_name", str(data),
+        "--config", str(config), "--model_name_or_path", str(model), "--dataset_name", str(data),
         "--build_offline_fixtures", "false", "--output_dir", str(output), "--max_steps", str(MAX_STEPS),
         "--per_device_train_batch_size", str(batch), "--eval_strategy", "no", "--save_strategy", "no",
         "--dataloader_num_workers", "1", *extra,
@@ -123,12 +136,18 @@ def test_group_by_image_and_dedup_vision(
     check(run(*learn_args(model_dir, data_dir, tmp_path / "dedup", *extra)), reference, baseline)
 
 
-def test_lora(model_dir: Path, data_dir: Path, reference: Path, baseline: float, tmp_path: Path) -> None:
+def test_lora(
+    model_dir: Path, data_dir: Path, reference: Path, baseline: float, frozen_tower_yaml: Path, tmp_path: Path
+) -> None:
     # LoRA trains adapters on the language model only: the random vision tower stays random, so it starts
     # from the full run's vision tower, like the feature-cache paths below.
     start = vision_from(reference, model_dir, tmp_path / "start")
     extra = ("--training_mode", "lora", "--lora_r", "32", "--merge_lora", "true")
-    check(run(*learn_args(start, data_dir, tmp_path / "lora", *extra)), reference, baseline)
+    check(
+        run(*learn_args(start, data_dir, tmp_path / "lora", *extra, config=frozen_tower_yaml)),
+        reference,
+        baseline,
+    )
 
 
 def test_ddp_two_processes(
@@ -164,12 +183,17 @@ def vision_from(trained: Path, random_init: Path, out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def frozen_reference(
-    reference: Path, model_dir: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    reference: Path,
+    model_dir: Path,
+    data_dir: Path,
+    frozen_tower_yaml: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[Path, Path]:
     """(start, run): frozen_vision from the learned vision tower, no cache."""
     root = tmp_path_factory.mktemp("frozen")
     start = vision_from(reference, model_dir, root / "start")
-    run(*learn_args(start, data_dir, root / "frozen", "--training_mode", "frozen_vision"))
+    extra = ("--training_mode", "frozen_vision")
+    run(*learn_args(start, data_dir, root / "frozen", *extra, config=frozen_tower_yaml))
     return start, root / "frozen"
 
 
@@ -177,6 +201,7 @@ def frozen_reference(
 def test_feature_cache_with_frozen_vision(
     storage: str,
     frozen_reference: tuple[Path, Path],
+    frozen_tower_yaml: Path,
     data_dir: Path,
     reference: Path,
     baseline: float,
@@ -184,7 +209,9 @@ def test_feature_cache_with_frozen_vision(
 ) -> None:
     start, frozen = frozen_reference
     extra = ("--training_mode", "frozen_vision", "--feature_cache", storage)
-    metrics = run(*learn_args(start, data_dir, tmp_path / f"cache-{storage}", *extra))
+    metrics = run(
+        *learn_args(start, data_dir, tmp_path / f"cache-{storage}", *extra, config=frozen_tower_yaml)
+    )
     check(metrics, reference, baseline)
     # The cache only skips recomputing the same frozen features: same result as the uncached frozen run.
     frozen_anls = json.loads((frozen / "all_results.json").read_text())["eval_anls"]
