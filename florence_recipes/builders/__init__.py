@@ -61,7 +61,7 @@ def build_offline_fixtures(model_dir: str, dataset_dir: str, task: str) -> None:
 
 
 def _model_size(model_dir: Path) -> str:
-    """`<size>-florence2...` folders get that architecture (e.g. small-florence2), any other name the tiny one."""
+    """`<size>-florence2...` folders get that architecture (e.g. tiny64-florence2), any other name the tiny one."""
     prefix = model_dir.name.split("-florence2")[0]
     return prefix if "-florence2" in model_dir.name and prefix in ARCHITECTURES else "tiny"
 

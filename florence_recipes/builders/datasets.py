@@ -208,6 +208,27 @@ def docvqa_documents(
     return [render_document(rng, image_size) for _ in range(num_docs)]
 
 
+def _write_docvqa_split(folder: Path, split: str, rows: dict[str, list[Any]]) -> tuple[dict[str, int], int]:
+    """``data/{split}-00000-of-00001.parquet`` of a DocumentVQA-layout folder: its split info and file size."""
+    path = folder / "data" / f"{split}-00000-of-00001.parquet"
+    info = _write_parquet(rows, DOCVQA_FEATURES, path)
+    return info, path.stat().st_size
+
+
+def _write_docvqa_card(
+    folder: Path, title: str, body: str, splits: dict[str, dict[str, int]], sizes: dict[str, int]
+) -> None:
+    """The README.md of a DocumentVQA-layout folder: one ``default`` config with a ``data/{split}-*`` per split."""
+    configs = [
+        {
+            "config_name": "default",
+            "data_files": [{"split": split, "path": f"data/{split}-*"} for split in splits],
+        }
+    ]
+    card = _dataset_card(title, body, [_split_info(DOCVQA_FEATURES, splits, sizes)], configs)
+    (folder / "README.md").write_text(card)
+
+
 def write_synthetic_docvqa(
     out_dir: str | os.PathLike[str],
     num_train_docs: int = 16,
@@ -264,24 +285,13 @@ def write_synthetic_docvqa(
                     rows["answers"].append(None if hidden else list(field.answers))
                     question_id += 1
                 doc_id += 1
-            path = folder / "data" / f"{split}-00000-of-00001.parquet"
-            splits[split] = _write_parquet(rows, DOCVQA_FEATURES, path)
-            sizes[split] = path.stat().st_size
-        configs = [
-            {
-                "config_name": "default",
-                "data_files": [{"split": split, "path": f"data/{split}-*"} for split in splits],
-            }
-        ]
+            splits[split], sizes[split] = _write_docvqa_split(folder, split, rows)
         body = (
             "Synthetic stand-in for `HuggingFaceM4/DocumentVQA` written offline by `florence_recipes.builders`: "
             "same file layout and features, rendered invoices, receipts and forms instead of UCSF documents. "
             "As on the Hub, the test split's `answers` and `question_types` are null."
         )
-        readme = _dataset_card(
-            "Synthetic DocumentVQA", body, [_split_info(DOCVQA_FEATURES, splits, sizes)], configs
-        )
-        (folder / "README.md").write_text(readme)
+        _write_docvqa_card(folder, "Synthetic DocumentVQA", body, splits, sizes)
 
     return _build(out_dir, "write_synthetic_docvqa", args, ["data", "README.md"], write)
 

@@ -42,11 +42,10 @@ from florence_recipes.builders.datasets import (
     DOCVQA_FEATURES,
     DOCVQA_SPLITS,
     _build,
-    _dataset_card,
     _png_bytes,
     _rng,
-    _split_info,
-    _write_parquet,
+    _write_docvqa_card,
+    _write_docvqa_split,
 )
 from florence_recipes.builders.documents import ImageSize
 
@@ -183,25 +182,13 @@ def write_synthetic_visual_qa(
                     rows["answers"].append(None if hidden else [scene.answer(question_type)])
                     question_id += 1
                 doc_id += 1
-            path = folder / "data" / f"{split}-00000-of-00001.parquet"
-            splits[split] = _write_parquet(rows, DOCVQA_FEATURES, path)
-            sizes[split] = path.stat().st_size
-        configs = [
-            {
-                "config_name": "default",
-                "data_files": [{"split": split, "path": f"data/{split}-*"} for split in splits],
-            }
-        ]
+            splits[split], sizes[split] = _write_docvqa_split(folder, split, rows)
         body = (
             "Synthetic visual QA in the `HuggingFaceM4/DocumentVQA` layout, written offline by "
             "`florence_recipes.builders.visual_qa`: one coloured shape per image on a background of another "
-            "colour, questions "
-            f"({', '.join(asked)}), answers only in the pixels. Control: {control or 'none'}."
+            f"colour, questions ({', '.join(asked)}), answers only in the pixels. Control: {control or 'none'}."
         )
-        readme = _dataset_card(
-            "Synthetic visual QA", body, [_split_info(DOCVQA_FEATURES, splits, sizes)], configs
-        )
-        (folder / "README.md").write_text(readme)
+        _write_docvqa_card(folder, "Synthetic visual QA", body, splits, sizes)
 
     return _build(out_dir, "write_synthetic_visual_qa", args, ["data", "README.md"], write)
 
