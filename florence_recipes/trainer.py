@@ -2,11 +2,12 @@
 
 It builds the data collator, the scorer (`compute_metrics`), the non-finite-loss guard and the training-curves
 callback from the run's arguments, runs the speed switches of `florence_recipes.speed` (image-grouped
-sampling, one vision pass per unique image, the frozen-vision feature cache, length-grouped evaluation), and
-writes the model card's usage section and the final model (LoRA merged if asked).
+sampling, one vision pass per unique image, the frozen-vision feature cache, length-grouped evaluation), gives
+the vision tower its own learning rate if asked, and writes the model card's usage section and the final model
+(LoRA merged if asked).
 
-It uses the Trainer's public extension points (`get_train_dataloader`, `compute_loss`, `prediction_step`,
-`evaluation_loop`, `train`, `create_model_card`) and one private hook, `_get_train_sampler`, the only way to give
+It uses the Trainer's public extension points (`create_optimizer`, `get_train_dataloader`, `compute_loss`,
+`prediction_step`, `evaluation_loop`, `train`, `create_model_card`) and one private hook, `_get_train_sampler`, the only way to give
 the Trainer's own DataLoader a sampler. `PRIVATE_TRAINER_HOOKS` lists it with the private helpers
 `prediction_step` calls, and `tests/test_trainer_hooks.py` fails, naming the hook, when transformers changes them.
 """
