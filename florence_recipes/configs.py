@@ -9,6 +9,7 @@ flag overrides them — is a few lines on top of it.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import sys
@@ -406,6 +407,13 @@ class FlorenceTrainingArguments(Seq2SeqTrainingArguments):
             raise ValueError(f"budget_world_size must be >= 1, got {self.budget_world_size}")
         if self.vision_learning_rate is not None and self.vision_learning_rate <= 0:
             raise ValueError(f"vision_learning_rate must be > 0, got {self.vision_learning_rate}")
+        if self.vision_learning_rate is not None and (source := _deepspeed_optimizer_source(self.deepspeed)):
+            # DeepSpeed then builds its own optimizer from that section, with one rate for every parameter.
+            raise ValueError(
+                f'vision_learning_rate needs the Trainer\'s optimizer, but {source} has its own "optimizer" '
+                "section: remove that section (the recipe's optim / learning_rate fill DeepSpeed's) or drop "
+                "vision_learning_rate"
+            )
         if self.nonfinite_loss_patience < 0:
             raise ValueError(f"nonfinite_loss_patience must be >= 0, got {self.nonfinite_loss_patience}")
         uses_deepspeed = self.deepspeed or parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
@@ -481,6 +489,25 @@ def check_precision(model_args: ModelArguments, training_args: FlorenceTrainingA
         raise ValueError(
             "bf16 with torch_dtype=float16: load the weights in float32 (mixed precision) or bfloat16"
         )
+
+
+def _deepspeed_optimizer_source(deepspeed: str | dict[str, Any] | None) -> str | None:
+    """Which DeepSpeed config, if any, defines its own optimizer: `--deepspeed` (a JSON file or dict) or the
+    `deepspeed_config_file` of an accelerate config (which `accelerate launch` passes on in the environment)."""
+    candidates: list[tuple[str, str | dict[str, Any] | None]] = [("--deepspeed", deepspeed)]
+    accelerate_file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none")
+    if accelerate_file != "none":
+        candidates.append(("the accelerate config's deepspeed_config_file", accelerate_file))
+    for source, config in candidates:
+        if isinstance(config, str):
+            source = f"{source} {config}"
+            try:
+                config = json.loads(Path(config).read_text())
+            except (OSError, ValueError) as err:
+                raise ValueError(f"DeepSpeed config {config}: {str(err).splitlines()[0]}") from None
+        if isinstance(config, dict) and "optimizer" in config:
+            return source
+    return None
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

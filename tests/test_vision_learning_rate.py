@@ -83,3 +83,30 @@ def test_bad_values_are_one_line(capsys: pytest.CaptureFixture[str], args: list[
     assert exited.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+
+
+@pytest.mark.parametrize("via", ["--deepspeed", "accelerate config"])
+def test_a_deepspeed_config_with_its_own_optimizer_is_refused(
+    via: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DeepSpeed would build that optimizer with one rate for all parameters and ignore vision_learning_rate."""
+    ds_config = tmp_path / "ds.json"
+    ds_config.write_text(
+        '{"optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}, "zero_optimization": {"stage": 2}}'
+    )
+    args = ["--output_dir", "unused", "--vision_learning_rate", "1e-4"]
+    if via == "--deepspeed":
+        args += ["--deepspeed", str(ds_config)]
+    else:  # `accelerate launch` passes an accelerate config's deepspeed_config_file on like this
+        monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(ds_config))
+    with pytest.raises(SystemExit):
+        parse_recipe_args(args)
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f'{ds_config} has its own "optimizer" section' in err, err
+    ds_config.write_text('{"zero_optimization": {"stage": 2}}')  # without that section it is accepted
+    parse_recipe_args(args)
+    ds_config.write_text("{not json")
+    with pytest.raises(SystemExit):
+        parse_recipe_args(args)
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"DeepSpeed config {ds_config}:" in err, err

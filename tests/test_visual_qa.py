@@ -16,7 +16,9 @@ from PIL import Image
 from florence_recipes.builders import (
     build_offline_fixtures,
     dataset_image_blind_baseline,
+    dataset_most_frequent_answer_baseline,
     image_blind_baseline,
+    most_frequent_answer_baseline,
 )
 from florence_recipes.builders.visual_qa import (
     COLOURS,
@@ -133,14 +135,26 @@ def test_image_blind_baseline_is_the_best_single_answer_per_question() -> None:
     assert image_blind_baseline(["c?", "c?"], [["blue"], ["blues"]]) == pytest.approx((1 + 0.8) / 2)
 
 
+def test_most_frequent_answer_baseline_answers_the_training_prior() -> None:
+    train_q = ["colour?", "colour?", "colour?", "shape?", "shape?"]
+    train_a = [["red"], ["blue"], ["blue"], ["ring", "circle"], ["square"]]  # trained on the first gold
+    questions = ["colour?", "colour?", "shape?", "shape?", "size?"]
+    answers = [["blue"], ["red"], ["circle"], ["ring"], ["big"]]
+    # colour -> "blue" (1 of 2); shape -> "ring" (first of the tie in training order: 1 of 2); size: unseen -> "".
+    assert most_frequent_answer_baseline(train_q, train_a, questions, answers) == pytest.approx(2 / 5)
+    # The prior can sit below the best single answer on the held-out split: that one is the ceiling.
+    assert image_blind_baseline(questions, answers) == pytest.approx(3 / 5)
+
+
 def test_dataset_baseline_is_near_chance(small_dir: Path, tmp_path: Path) -> None:
     folder = write_synthetic_visual_qa(
         tmp_path / "visual-qa", num_train_images=300, num_validation_images=300
     )
     baseline = dataset_image_blind_baseline(folder)
+    prior = dataset_most_frequent_answer_baseline(folder)
     # Chance with 5 background colours, 5 shape colours, 2 halves drawn uniformly: (1/5 + 1/5 + 1/2) / 3 = 0.3,
-    # a little more for the best single answer on a sample of 300 images.
-    assert 0.2 < baseline < 0.4
+    # a little more for the best single answer on a sample of 300 images; the training prior is at most that.
+    assert 0.2 < prior <= baseline < 0.4
 
 
 def test_offline_fixtures_build_visual_qa_and_controls_by_folder_name(tmp_path: Path) -> None:

@@ -19,7 +19,9 @@ from florence_recipes.builders.legacy_model import build_legacy_florence2, write
 from florence_recipes.builders.model import ARCHITECTURES, BUILD_MARKER, build_random_florence2
 from florence_recipes.builders.visual_qa import (
     dataset_image_blind_baseline,
+    dataset_most_frequent_answer_baseline,
     image_blind_baseline,
+    most_frequent_answer_baseline,
     visual_qa_kind,
     write_synthetic_visual_qa,
 )
@@ -71,7 +73,9 @@ __all__ = [
     "build_offline_fixtures",
     "build_random_florence2",
     "dataset_image_blind_baseline",
+    "dataset_most_frequent_answer_baseline",
     "image_blind_baseline",
+    "most_frequent_answer_baseline",
     "write_legacy_florence2",
     "write_synthetic_cauldron",
     "write_synthetic_detection",
