@@ -157,6 +157,16 @@ def test_dataset_baseline_is_near_chance(small_dir: Path, tmp_path: Path) -> Non
     assert 0.2 < prior <= baseline < 0.4
 
 
+def test_last_log_line_names_both_baselines(tmp_path: Path) -> None:
+    from florence_recipes.builders.visual_qa import offline_result_note
+
+    folder = write_synthetic_visual_qa(tmp_path / "visual-qa", num_train_images=60, num_validation_images=30)
+    prior, best = dataset_most_frequent_answer_baseline(folder), dataset_image_blind_baseline(folder)
+    note = offline_result_note(folder, 0.9)
+    assert note.startswith("held-out eval_anls 0.9000 on synthetic visual QA")
+    assert f"training answer per question) {prior:.4f}" in note and f"can exceed {best:.4f}" in note
+
+
 def test_offline_fixtures_build_visual_qa_and_controls_by_folder_name(tmp_path: Path) -> None:
     model = tmp_path / "tiny-florence2"
     build_offline_fixtures(str(model), str(tmp_path / "visual-qa-blank"), "docvqa")
