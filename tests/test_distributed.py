@@ -259,7 +259,8 @@ def check_training_mode(mode: str, start: Path, out: Path) -> None:
         assert max_difference(weights(out), weights(start)) > 0
 
 
-@pytest.mark.parametrize("mode", ["frozen_vision", "lora"])
+# lora (frozen tower and frozen base weights) runs by default; frozen_vision in the slow suite.
+@pytest.mark.parametrize("mode", [pytest.param("frozen_vision", marks=pytest.mark.slow), "lora"])
 def test_ddp_partial_training_modes(
     mode: str, warm_model_dir: Path, docvqa_dir: Path, tmp_path: Path
 ) -> None:
@@ -281,13 +282,13 @@ def test_ddp_partial_training_modes(
 SLOW = pytest.mark.slow
 
 
-# ZeRO-2 full fine-tuning runs by default (with ZeRO-3 above, CI proves both stages end to end); the rest of the
-# matrix is in the slow suite.
+# The whole matrix is in the slow suite: by default ZeRO-3 runs above (2 processes, against DDP), and CI's
+# gpu_check dry run trains, saves and reloads under ZeRO-2, ZeRO-3 and FSDP (one process each).
 @pytest.mark.parametrize(
     ("config", "mode"),
     [
         pytest.param("deepspeed_zero1.yaml", "full", marks=SLOW),
-        ("deepspeed_zero2.yaml", "full"),
+        pytest.param("deepspeed_zero2.yaml", "full", marks=SLOW),
         pytest.param("deepspeed_zero2.yaml", "frozen_vision", marks=SLOW),
         pytest.param("deepspeed_zero2.yaml", "lora", marks=SLOW),
         pytest.param("deepspeed_zero3.yaml", "frozen_vision", marks=SLOW),

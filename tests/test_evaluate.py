@@ -225,16 +225,16 @@ def test_evaluate_runs_the_bad_sample_policy_and_refuses_training_options(
     )
     assert metrics["unreadable"] == 1
 
-    for option in (("--max_train_samples", "3"), ("--train_split", "validation")):
-        result = subprocess.run(
-            [sys.executable, str(REPO_ROOT / "recipes" / "evaluate.py"), *args, *option, "--output_dir", "x"],
-            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False,
-        )  # fmt: skip
-        assert result.returncode == 1, option
-        assert result.stderr == (
-            f"error: {option[0][2:]}: training option(s) that an evaluation does not use; pick the evaluated "
-            "split with --split (per mixture entry: eval_split) and cap it with --max_eval_samples\n"
-        )
+    training_options = ("--max_train_samples", "3", "--train_split", "validation")
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "recipes" / "evaluate.py"), *args, *training_options, "--output_dir", "x"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr == (
+        "error: train_split, max_train_samples: training option(s) that an evaluation does not use; pick the "
+        "evaluated split with --split (per mixture entry: eval_split) and cap it with --max_eval_samples\n"
+    )
 
 
 def test_evaluate_scores_a_mixture_per_source(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import datasets
+import pytest
 import torch
 from conftest import SMOKE_YAML, run_recipe_subprocess, sources_of, standard_features
 from PIL import Image, ImageDraw
@@ -46,6 +47,9 @@ def eight_examples() -> datasets.Dataset:
     return datasets.Dataset.from_dict(rows, features=features)
 
 
+# Slow: the default suite's held-out learning test (tests/test_visual_qa.py) trains and generates through the same
+# recipe path and proves more than memorisation.
+@pytest.mark.slow
 def test_tiny_model_overfits_eight_examples_to_anls_1(tiny_model_dir: Path, tmp_path: Path) -> None:
     """Labels, masking, generation and decoding are all right iff the model can reproduce its training set."""
     model_args, _, training_args = parse_recipe_args(

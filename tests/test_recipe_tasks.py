@@ -74,6 +74,8 @@ def test_cauldron_mixture_smoke(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert "docvqa (train[6:]): 10 rows; 1 without image (skipped: no_image_policy=skip)" in results["log"]
 
 
+# Slow: the default suite streams through tests/test_docmatix.py (streamed vs. map-style fractions).
+@pytest.mark.slow
 def test_cauldron_mixture_smoke_streamed(tmp_path: Path, tiny_model_dir: Path) -> None:
     config, _ = smoke_config(MIXTURE_SMOKE, tmp_path, tiny_model_dir)
     results = run("cauldron.py", config, "--streaming", "true", "--max_steps", "4")
