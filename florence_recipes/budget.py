@@ -87,14 +87,13 @@ KNOWN_SPLITS: dict[tuple[str, str | None, str], SplitSize] = {
 # Counted by `python -m florence_recipes.budget --regenerate` (torch FlopCounterMode), for one
 # sample of SAMPLE_SHAPE: vision_forward = DaViT tower + projector; full_train / frozen_vision_train = forward +
 # backward of the whole model with everything trainable / with the vision tower and projector frozen.
-# The table: `python -m florence_recipes.budget --regenerate`, torch 2.14.1, transformers 5.24.0; tiny and base
-# 2026-12-02 with the stand-ins' exact vocabulary (`--sizes tiny base`), large 2026-12-01 with 51,289 embedding rows
-# instead of the stand-in's 51,328 (39 rows of the LM head: under 0.01% of its FLOPs). Base: 1.87 TFLOP per sample.
+# The table: `python -m florence_recipes.budget --regenerate`, torch 2.14.1, transformers 5.24.0, 2026-12-02, with
+# the stand-ins' exact vocabulary (51,328 embedding rows for base and large). Base: 1.87 TFLOP per sample.
 # fmt: off
 MODEL_FLOPS: dict[str, dict[str, int]] = {
     "tiny": {"image_size": 128, "vocab_size": 2112, "vision_forward": 51093504, "full_train": 237724416, "frozen_vision_train": 88417024},
     "base": {"image_size": 768, "vocab_size": 51328, "vision_forward": 380683419648, "full_train": 1873791544320, "frozen_vision_train": 588023983104},
-    "large": {"image_size": 768, "vocab_size": 51289, "vision_forward": 1490371477504, "full_train": 7273636773888, "frozen_vision_train": 2200415322112},
+    "large": {"image_size": 768, "vocab_size": 51328, "vision_forward": 1490371477504, "full_train": 7273639649280, "frozen_vision_train": 2200418197504},
 }
 # fmt: on
 
