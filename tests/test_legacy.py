@@ -45,6 +45,7 @@ from florence_recipes.legacy import (
     to_legacy_state_dict,
     to_native_key,
 )
+from florence_recipes.provenance import read_record
 from florence_recipes.tasks import get_task
 
 # Released parameter counts per module group (transformers' Florence2ForConditionalGeneration; the LM head is
@@ -450,14 +451,14 @@ def test_convert_legacy_script_round_trips(
     assert "not an original (remote-code) Florence-2 config" in capsys.readouterr().err
 
 
-def test_legacy_checkpoint_evaluates_as_baseline_and_predicts(
+def test_legacy_checkpoint_evaluates_as_baseline_predicts_and_serves_in_the_demo(
     tmp_path: Path,
     fitted_model_dir: Path,
     docvqa_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """recipes/evaluate.py (--baseline_model_name_or_path) and recipes/predict.py accept the original layout.
+    """recipes/evaluate.py (--baseline_model_name_or_path), recipes/predict.py and the demo accept the original layout.
 
     The model is the tiny one fitted to the validation answers (non-empty, partly right answers), written in the
     original layout. Trained, its added embedding rows are no longer the mean ones the conversion gives back;
@@ -489,6 +490,14 @@ def test_legacy_checkpoint_evaluates_as_baseline_and_predicts(
                    "--question", question, "--num_beams", "1", "--max_new_tokens", "16")  # fmt: skip
         answers.append(capsys.readouterr().out)
     assert answers[0] == answers[1] and answers[0].strip()
+
+    # The demo serves it: its answer function on what the demo loads from the original layout.
+    demo = runpy.run_path(str(REPO_ROOT / "recipes" / "demo.py"))
+    record = read_record(legacy)
+    _, default = demo["task_choices"](record)
+    model, processor = load_for_inference(ModelArguments(model_name_or_path=legacy))
+    ask = demo["make_answer"](model, processor, record, max_new_tokens=16, num_beams=1)
+    assert ask(row["image"], default, question) == (answers[0].strip(), None)
 
 
 @pytest.mark.slow
