@@ -1,7 +1,7 @@
 """Training / evaluation speed of our DocVQA recipe path against the blog post's loop, side by side.
 
-One process, one device, the same random-initialised Florence-2 (speed does not depend on weight values) and
-the same synthetic DocVQA rows (about 3 questions per document, like DocVQA) for both paths:
+One device, the same random-initialised Florence-2 (speed does not depend on weight values) and the same
+synthetic DocVQA rows (about 3 questions per document, like DocVQA) for both paths, each path in a fresh process:
 
 * **blog loop** (JSON key `seed`): `florence_recipes.blog_loop`, the blog's loop re-implemented (fp32, processor in the main
   process, batch 6, per-example `generate(num_beams=3)`).
@@ -9,9 +9,9 @@ the same synthetic DocVQA rows (about 3 questions per document, like DocVQA) for
   `base_<mode>.yaml`) — its precision, attention, optimizer, DataLoader workers and speed switches — with only
   the model, data, batch size, step count and generation length overridden to match the blog loop.
 
-Per path: training samples/s and tokens/s (after `warmup_steps` untimed steps), FLOPs of one training step
-counted with `torch.utils.flop_counter.FlopCounterMode` for its exact batch shapes, MFU against the device's
-peak, peak memory, the training DataLoader's own samples/s, and evaluation samples/s with generation.
+Per path: training samples/s and tokens/s (after `warmup_steps` untimed steps), the FLOPs of each timed step
+counted with `torch.utils.flop_counter.FlopCounterMode` for its exact batch shapes (replayed after the timing,
+with torch's grouped-convolution backward corrected), MFU of the timed steps against the device's peak, peak memory, the training DataLoader's own samples/s, and evaluation samples/s with generation.
 """
 
 from __future__ import annotations
@@ -19,14 +19,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import functools
 import gc
 import math
+import multiprocessing
 import os
 import platform
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +39,12 @@ import psutil
 import torch
 import yaml
 from datasets import Dataset
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    conv_backward_flop,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
 from transformers import AutoModelForImageTextToText, PrinterCallback, TrainerCallback, set_seed
 
 from florence_recipes.blog_loop import (
@@ -43,6 +52,8 @@ from florence_recipes.blog_loop import (
     BLOG_NUM_BEAMS,
     blog_dataloader,
     blog_generate,
+    blog_labels,
+    blog_loss,
     blog_optimizer,
     blog_train_step,
 )
@@ -79,10 +90,47 @@ def _cpu_sdpa_backward_flops(
     return sdpa_backward_flop_count(grad_out, query, key, value)
 
 
-# FlopCounterMode knows the CUDA attention kernels only; the CPU one has the same shapes and FLOPs.
-_CPU_SDPA_FLOPS = {
+def _conv_backward_flops(
+    grad_out_shape: Any,
+    x_shape: Any,
+    w_shape: Any,
+    bias: Any,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    transposed: bool,
+    output_padding: Any,
+    groups: int,
+    output_mask: list[bool],
+    out_shape: Any = None,
+    **kwargs: Any,
+) -> int:
+    """torch's count for `convolution_backward`, with the weight gradient of a grouped convolution divided by
+    `groups`: torch counts it as a dense one, `groups` times the real work (128-1024x for DaViT's depthwise
+    position convolutions, a third of base full fine-tuning's counted FLOPs). The input gradient is right."""
+    args = (
+        grad_out_shape,
+        x_shape,
+        w_shape,
+        bias,
+        stride,
+        padding,
+        dilation,
+        transposed,
+        output_padding,
+        groups,
+    )
+    grad_input = conv_backward_flop(*args, [output_mask[0], False], out_val=out_shape)
+    grad_weight = conv_backward_flop(*args, [False, output_mask[1]], out_val=out_shape)
+    return grad_input + grad_weight // groups
+
+
+# Corrections to FlopCounterMode's formulas: it knows the CUDA attention kernels only (the CPU one has the same
+# shapes and FLOPs), and it over-counts the backward of grouped convolutions.
+_FLOP_FORMULAS = {
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flops,
+    torch.ops.aten.convolution_backward: _conv_backward_flops,
 }
 QUESTIONS_PER_DOCUMENT = 3  # DocVQA: ~39.5k questions over ~12k images
 # Switch one optimisation of our path off per variant (`--ablate`): recipe keys and the values that disable it.
@@ -229,37 +277,28 @@ class PeakMemory:
 
 @contextlib.contextmanager
 def count_flops() -> Iterator[FlopCounterMode]:
-    with FlopCounterMode(display=False, custom_mapping=_CPU_SDPA_FLOPS) as counter:
+    with FlopCounterMode(display=False, custom_mapping=_FLOP_FORMULAS) as counter:
         yield counter
 
 
 class StepTimer(TrainerCallback):
-    """Counts the FLOPs of the Trainer's first step and times every step after `warmup_steps`."""
+    """Times every Trainer step after `warmup_steps` (FLOPs are counted afterwards: `count_step_flops`)."""
 
     def __init__(self, device: torch.device, warmup_steps: int) -> None:
         self.device = device
         self.warmup_steps = warmup_steps
-        self.flops = 0
         self.step_seconds: list[float] = []
         self.first_step_seconds = 0.0  # includes one-off work: torch.compile, cuDNN autotuning, worker start
-        self._counter: contextlib.ExitStack | None = None
-        self._flop_counter: FlopCounterMode | None = None
         self._last = 0.0
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.global_step == 0:
             _synchronize(self.device)
             self._last = time.perf_counter()
-            self._counter = contextlib.ExitStack()
-            self._flop_counter = self._counter.enter_context(count_flops())
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         _synchronize(self.device)
         now = time.perf_counter()
-        if self._counter is not None:
-            self._counter.close()
-            self._counter = None
-            self.flops = self._flop_counter.get_total_flops()
         if state.global_step == 1:
             self.first_step_seconds = now - self._last
         if state.global_step > self.warmup_steps:
@@ -267,9 +306,52 @@ class StepTimer(TrainerCallback):
         self._last = now
 
 
+def _shape_signature(value: Any) -> Any:
+    """What the FLOPs of a step depend on: the shapes of its batch's tensors (and any other values)."""
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape)
+    if isinstance(value, Mapping):
+        return tuple((key, _shape_signature(item)) for key, item in sorted(value.items()))
+    if isinstance(value, list | tuple):
+        return tuple(_shape_signature(item) for item in value)
+    return value
+
+
+def count_step_flops(batches: list[Any], forward_backward: Callable[[Any], None]) -> list[int]:
+    """FLOPs of each step, counted after the timing by replaying its batch's forward and backward under the
+    counter: inside a timed step, the counter's Python hook on every op would slow it (on a GPU, by more than
+    the step takes). Steps differ (`group_by_image` batches hold one image or two), so every timed step is
+    counted; batches of the same shapes have the same FLOPs and are replayed once."""
+    counted: dict[Any, int] = {}
+    for batch in batches:
+        signature = _shape_signature(batch)
+        if signature not in counted:
+            with count_flops() as counter:
+                forward_backward(batch)
+            counted[signature] = counter.get_total_flops()
+    return [counted[_shape_signature(batch)] for batch in batches]
+
+
+class BatchRecordingTrainer(FlorenceTrainer):
+    """`FlorenceTrainer` that keeps each training step's batch, so its FLOPs can be counted after the timing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.step_batches: list[dict[str, Any]] = []
+
+    def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        self.step_batches.append(dict(inputs))  # a copy: the step pops the image keys from `inputs`
+        return super().training_step(model, inputs, *args, **kwargs)
+
+    def replay_step(self, batch: dict[str, Any]) -> None:
+        """The same step's forward and backward again, its gradients dropped."""
+        super().training_step(self.model_wrapped, dict(batch))
+        self.model.zero_grad(set_to_none=True)
+
+
 def _path_result(
     step_seconds: list[float],
-    flops: int,
+    step_flops: list[int],
     batch_size: int,
     tokens_per_sample: float,
     peak_tflops: float,
@@ -284,8 +366,9 @@ def _path_result(
         "train_samples_per_s": samples_per_s,
         "train_tokens_per_s": samples_per_s * tokens_per_sample,
         "step_seconds": step_seconds,
-        "flops_per_step": flops,
-        "mfu": flops / seconds_per_step / (peak_tflops * 1e12),
+        "step_flops": step_flops,
+        "flops_per_step": sum(step_flops) / len(step_flops),
+        "mfu": sum(step_flops) / sum(step_seconds) / (peak_tflops * 1e12),
         "peak_memory_bytes": peak_memory_bytes,
         "loader_samples_per_s": loader_samples_per_s,
         "eval_samples_per_s": eval_samples_per_s,
@@ -475,18 +558,20 @@ def run_blog_loop(
         total_steps = settings.warmup_steps + settings.steps
         optimizer, scheduler = blog_optimizer(model, num_training_steps=total_steps)
         batches = iter(blog_dataloader(data.train_rows, processor, device, settings.batch_size))
-        step_seconds, flops = [], 0
+        step_seconds, timed_batches = [], []
         for step in range(total_steps):
             start = time.perf_counter()
-            with count_flops() if step == 0 else contextlib.nullcontext() as counter:
-                inputs, answers = next(batches)  # the blog's collate_fn runs here, in the training loop
-                blog_train_step(model, processor, optimizer, scheduler, inputs, answers, device)
+            inputs, answers = next(batches)  # the blog's collate_fn runs here, in the training loop
+            labels = blog_labels(processor, answers, device)
+            blog_train_step(model, optimizer, scheduler, inputs, labels)
             _synchronize(device)
-            if step == 0:
-                flops = counter.get_total_flops()
             if step >= settings.warmup_steps:
                 step_seconds.append(time.perf_counter() - start)
+                timed_batches.append((inputs, labels))
     del optimizer, scheduler
+
+    step_flops = count_step_flops(timed_batches, functools.partial(_blog_forward_backward, model))
+    del timed_batches
 
     eval_rates = blog_eval_rates(
         model, processor, data.eval_rows, device, settings.eval_max_new_tokens, eval_beams
@@ -494,7 +579,7 @@ def run_blog_loop(
     del model
     return _path_result(
         step_seconds,
-        flops,
+        step_flops,
         settings.batch_size,
         data.tokens_per_sample,
         peak_tflops,
@@ -506,6 +591,11 @@ def run_blog_loop(
         eval_samples_per_s_by_beams=eval_rates,
         first_step_seconds=0.0,
     )
+
+
+def _blog_forward_backward(model: torch.nn.Module, batch: tuple[Any, torch.Tensor]) -> None:
+    blog_loss(model, *batch).backward()
+    model.zero_grad(set_to_none=True)
 
 
 def blog_eval_rates(
@@ -598,7 +688,7 @@ def run_ours(
         set_generation_length(model, training_args.generation_max_length)
         model = apply_training_mode(model, model_args)
         timer = StepTimer(device, settings.warmup_steps)
-        trainer = FlorenceTrainer(
+        trainer = BatchRecordingTrainer(
             model=model,
             args=training_args,
             processor=processor,
@@ -621,6 +711,8 @@ def run_ours(
             settings.batch_size,
         )
         trainer.train()
+    step_flops = count_step_flops(trainer.step_batches[settings.warmup_steps :], trainer.replay_step)
+    trainer.step_batches.clear()
     eval_rates = {}
     if eval_beams:
         # Start the persistent eval workers first: in a real run they start once, not at every evaluation.
@@ -646,7 +738,7 @@ def run_ours(
     del trainer, model
     return _path_result(
         timer.step_seconds,
-        timer.flops,
+        step_flops,
         settings.batch_size,
         data.tokens_per_sample,
         peak_tflops,
@@ -675,46 +767,84 @@ def _release_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def run_benchmark(settings: BenchmarkSettings, command: str = "") -> dict[str, Any]:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    eval_samples = settings.eval_samples or (128 if device.type == "cuda" else 6)
-    peak_tflops, peak_source = resolve_peak_tflops(device, settings.peak_tflops)
-    # Before either path loads: stop with a batch that fits rather than be killed for memory half-way (the
-    # estimate needs the model and one document, not the data of a batch that may not fit).
+def run_in_fresh_process(what: str, function: Callable[..., Any], *args: Any) -> Any:
+    """`function(*args)` in a process forked for it, which ends with it. Memory one path freed but its allocator
+    kept (glibc and CUDA both keep it) then cannot push a later path over the machine's memory, and a path's CPU
+    peak memory is its own. A process killed on the way (by the kernel, for memory) becomes one line naming
+    `what`; an exception inside it arrives here as itself.
+
+    The caller must not have computed anything itself: a CUDA context or an OpenMP thread pool does not survive
+    a fork (hence forked, not spawned: a spawned process would spend ~13 s re-importing the libraries)."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as pool:
+        try:
+            return pool.submit(function, *args).result()
+        except BrokenProcessPool as err:
+            raise RecipeError(
+                f"{what}: its process was killed, most likely for memory (the estimate before loading did not "
+                "cover it); pass a smaller --batch-size"
+            ) from err
+
+
+def _memory_estimates(
+    settings: BenchmarkSettings, device: torch.device
+) -> tuple[dict[str, MemoryEstimate], int]:
+    """Each path's estimate and the memory available before anything loads. The estimate needs the model and
+    one document, not the data of a batch that may not fit."""
     available = available_memory(device)
     probe = prepare_data(dataclasses.replace(settings, batch_size=1, steps=1, loader_batches=1), 1)
-    estimates = estimate_training_memory(probe, settings.mode, device, settings.recipe_config())
+    return estimate_training_memory(probe, settings.mode, device, settings.recipe_config()), available
+
+
+def run_benchmark(settings: BenchmarkSettings, command: str = "") -> dict[str, Any]:
+    """Every measurement runs in a process of its own (`run_in_fresh_process`); this one only coordinates."""
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"  # `is_available` from NVML: no CUDA context here
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    eval_samples = settings.eval_samples or (128 if device.type == "cuda" else 6)
+    peak_tflops, peak_source = run_in_fresh_process(
+        "the peak measurement", resolve_peak_tflops, device, settings.peak_tflops
+    )
+    # Before either path loads: stop with a batch that fits rather than be killed for memory half-way.
+    estimates, available = run_in_fresh_process("the memory estimate", _memory_estimates, settings, device)
     settings = dataclasses.replace(
         settings, batch_size=resolve_batch_size(settings.batch_size, estimates, available, device)
     )
-    data = prepare_data(settings, eval_samples)
+    data = run_in_fresh_process("the benchmark data", prepare_data, settings, eval_samples)
     output_dir = settings.work_dir / "runs" / f"{settings.model_size}-{settings.mode}"
-    # Ours first: its peak memory is then not inflated by memory the blog loop freed but the allocator kept.
     yaml_beams = parse_yaml_value(settings.recipe_config(), "generation_num_beams", 1)
     ours_beams = (BLOG_NUM_BEAMS,) if yaml_beams == BLOG_NUM_BEAMS else (BLOG_NUM_BEAMS, yaml_beams)
-    ours = run_ours(settings, data, device, peak_tflops, output_dir, eval_beams=ours_beams)
-    _release_memory(device)
-    blog = run_blog_loop(settings, data, device, peak_tflops)
-    _release_memory(device)
+    batch = f"at batch {settings.batch_size}"
+    ours = run_in_fresh_process(
+        f"our recipe path {batch}",
+        run_ours,
+        settings,
+        data,
+        device,
+        peak_tflops,
+        output_dir,
+        None,
+        ours_beams,
+    )
+    blog = run_in_fresh_process(f"the blog loop {batch}", run_blog_loop, settings, data, device, peak_tflops)
     ablations = {}
     for name in settings.ablate:
         if all(ours["settings"][key] == value for key, value in ABLATIONS[name].items()):
             continue  # already off in our path for this mode: nothing to compare
-        variant = run_ours(
+        variant = run_in_fresh_process(
+            f"our path without {name} {batch}",
+            run_ours,
             settings,
             data,
             device,
             peak_tflops,
             output_dir / f"without-{name}",
             ABLATIONS[name],
-            eval_beams=(),
+            (),
         )
         ablations[name] = {
             "changes": ABLATIONS[name],
             "train_samples_per_s": variant["train_samples_per_s"],
             "ours_speedup": ours["train_samples_per_s"] / variant["train_samples_per_s"],
         }
-        _release_memory(device)
     per_step_ratio = ours["train_samples_per_s"] / blog["train_samples_per_s"]
     return {
         "device": device_description(device),

@@ -69,21 +69,27 @@ def blog_optimizer(
     return optimizer, scheduler
 
 
+def blog_labels(processor: ProcessorMixin, answers: tuple[str, ...], device: torch.device) -> torch.Tensor:
+    """The blog's labels: the padded answer ids, tokenised in the loop, padding not masked."""
+    return processor.tokenizer(
+        text=list(answers), return_tensors="pt", padding=True, return_token_type_ids=False
+    ).input_ids.to(device)
+
+
+def blog_loss(model: PreTrainedModel, inputs: Any, labels: torch.Tensor) -> torch.Tensor:
+    """The blog's forward: no attention mask."""
+    return model(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"], labels=labels).loss
+
+
 def blog_train_step(
     model: PreTrainedModel,
-    processor: ProcessorMixin,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     inputs: Any,
-    answers: tuple[str, ...],
-    device: torch.device,
+    labels: torch.Tensor,
 ) -> float:
-    """One step of the blog's loop: labels are the padded answer ids (padding not masked), no attention mask."""
-    labels = processor.tokenizer(
-        text=list(answers), return_tensors="pt", padding=True, return_token_type_ids=False
-    ).input_ids.to(device)
-    outputs = model(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"], labels=labels)
-    loss = outputs.loss
+    """One step of the blog's loop on a batch and its `blog_labels`."""
+    loss = blog_loss(model, inputs, labels)
     loss.backward()
     optimizer.step()
     scheduler.step()

@@ -88,12 +88,14 @@ KNOWN_SPLITS: dict[tuple[str, str | None, str], SplitSize] = {
 # sample of SAMPLE_SHAPE: vision_forward = DaViT tower + projector; full_train / frozen_vision_train = forward +
 # backward of the whole model with everything trainable / with the vision tower and projector frozen.
 # The table: `python -m florence_recipes.budget --regenerate`, torch 2.14.1, transformers 5.24.0, 2026-12-02, with
-# the stand-ins' exact vocabulary (51,328 embedding rows for base and large). Base: 1.87 TFLOP per sample.
+# the stand-ins' exact vocabulary (51,328 embedding rows for base and large). Base: 1.35 TFLOP per sample.
+# (Before 2026-12-02 the counts took torch's formula for a grouped convolution's backward, which counts
+# DaViT's depthwise weight gradients 128-1024x over: base was 1.87, large 7.27.)
 # fmt: off
 MODEL_FLOPS: dict[str, dict[str, int]] = {
-    "tiny": {"image_size": 128, "vocab_size": 2112, "vision_forward": 51093504, "full_train": 237724416, "frozen_vision_train": 88417024},
-    "base": {"image_size": 768, "vocab_size": 51328, "vision_forward": 380683419648, "full_train": 1873791544320, "frozen_vision_train": 588023983104},
-    "large": {"image_size": 768, "vocab_size": 51328, "vision_forward": 1490371477504, "full_train": 7273639649280, "frozen_vision_train": 2200418197504},
+    "tiny": {"image_size": 128, "vocab_size": 2112, "vision_forward": 51093504, "full_train": 186704640, "frozen_vision_train": 88417024},
+    "base": {"image_size": 768, "vocab_size": 51328, "vision_forward": 380683419648, "full_train": 1353269505024, "frozen_vision_train": 588023983104},
+    "large": {"image_size": 768, "vocab_size": 51328, "vision_forward": 1490371477504, "full_train": 5188918517760, "frozen_vision_train": 2200418197504},
 }
 # fmt: on
 

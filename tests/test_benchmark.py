@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +15,15 @@ import torch
 from conftest import sources_of
 from transformers import AutoProcessor
 
+from florence_recipes.benchmark import (
+    BatchRecordingTrainer,
+    count_flops,
+    count_step_flops,
+    run_in_fresh_process,
+)
 from florence_recipes.configs import FlorenceTrainingArguments, ModelArguments
 from florence_recipes.data import column_values, load_task_split
+from florence_recipes.errors import RecipeError
 from florence_recipes.modeling import load_model, set_generation_length
 from florence_recipes.speed import length_sorted_order, restore_dataset_order
 from florence_recipes.tasks import get_task
@@ -48,6 +57,12 @@ def test_benchmark_command_on_tiny_writes_the_documented_json(tmp_path: Path) ->
             assert data[path][key] > 0, (path, key)
         assert len(data[path]["step_seconds"]) == 2
         assert data[path]["flops_per_step"] > 0 and data[path]["loader_samples_per_s"] > 0
+        # MFU: the FLOPs of the timed steps themselves over their time.
+        steps = data[path]
+        assert len(steps["step_flops"]) == 2
+        assert steps["mfu"] == pytest.approx(
+            sum(steps["step_flops"]) / sum(steps["step_seconds"]) / (data["peak_tflops"] * 1e12)
+        )
     per_step = data["ours"]["train_samples_per_s"] / data["seed"]["train_samples_per_s"]
     assert data["train_ratio_per_step"] == per_step
     # The headline ratio pays for the feature cache's build, amortised over the YAML's 7 epochs.
@@ -135,3 +150,80 @@ def test_eval_grouped_by_length_scores_in_dataset_order(
     assert dedup_texts == grouped_texts and dedup_items == grouped_items
     assert dedup_metrics["test_loss"] == pytest.approx(grouped_metrics["test_loss"], abs=1e-5)
     assert abs(dedup_metrics["test_loss"] - grouped_metrics["test_loss"]) < 1e-5
+
+
+@pytest.mark.parametrize("groups", [1, 4, 64])
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_flop_count_of_a_convolution_backward_is_its_forward_per_gradient(
+    groups: int, input_grad: bool
+) -> None:
+    """Backward = one forward's FLOPs per gradient it computes (weight, and input when it needs one), grouped
+    or not: torch's own formula counts a depthwise weight gradient `groups` times over."""
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1, groups=groups)
+    inputs = torch.randn(2, 64, 16, 16, requires_grad=input_grad)
+    with count_flops() as counter:
+        outputs = conv(inputs)
+    forward = counter.get_total_flops()
+    with count_flops() as counter:
+        outputs.sum().backward()
+    assert counter.get_total_flops() == forward * (2 if input_grad else 1)
+
+
+def test_step_flops_replayed_after_timing_equal_those_counted_inside_each_step(
+    tiny_model_dir: Path, docvqa_dir: Path, tmp_path: Path
+) -> None:
+    """Batches of 2 from documents of 3 questions hold one image or two (`group_by_image`), so steps differ:
+    each timed step's FLOPs, replayed after training, match a count taken inside that very step."""
+    rows = load_task_split(get_task("docvqa"), str(docvqa_dir), "train").select(range(9))
+    args = FlorenceTrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        max_steps=4,
+        dataloader_num_workers=0,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        group_by_image=True,
+        dedup_vision=True,
+    )
+    inside: list[int] = []
+
+    class CountingInside(BatchRecordingTrainer):
+        def training_step(self, *step_args: Any, **kwargs: Any) -> Any:
+            with count_flops() as counter:
+                loss = super().training_step(*step_args, **kwargs)
+            inside.append(counter.get_total_flops())
+            return loss
+
+    trainer = CountingInside(
+        model=load_model(ModelArguments(model_name_or_path=str(tiny_model_dir))),
+        args=args,
+        processor=AutoProcessor.from_pretrained(tiny_model_dir),
+        sources=sources_of("docvqa"),
+        train_dataset=rows,
+    )
+    trainer.train()
+    images = [len(batch["pixel_values"]) for batch in trainer.step_batches]
+    assert sorted(set(images)) == [1, 2]  # both kinds of step ran
+    replayed = count_step_flops(trainer.step_batches, trainer.replay_step)
+    assert replayed == inside
+    one, two = (replayed[images.index(n)] for n in (1, 2))
+    assert two > one
+
+
+def _killed_by_the_kernel() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's out-of-memory killer does
+
+
+def _refuses() -> None:
+    raise RecipeError("--batch-size 9: too large")
+
+
+def test_a_path_killed_for_memory_ends_the_benchmark_with_one_line_naming_it() -> None:
+    with pytest.raises(
+        RecipeError, match=r"^our path without dedup at batch 6: its process was killed.*--batch-size"
+    ):
+        run_in_fresh_process("our path without dedup at batch 6", _killed_by_the_kernel)
+    with pytest.raises(RecipeError, match=r"^--batch-size 9: too large$"):
+        run_in_fresh_process("the blog loop", _refuses)
+    assert run_in_fresh_process("a sum", sum, [1, 2]) == 3
