@@ -922,7 +922,7 @@ def format_table(result: dict[str, Any]) -> str:
     lines += [
         measured("train samples/s", "train_samples_per_s", ".3g"),
         measured("train tokens/s", "train_tokens_per_s", ".4g"),
-        measured("TFLOP per step (counted)", "flops_per_step", ".3g", 1e12),
+        measured("TFLOP per step (counted, mean of the timed steps)", "flops_per_step", ".3g", 1e12),
         row("MFU", f"{blog['mfu']:.1%}", f"{ours['mfu']:.1%}"),
         measured("peak memory (GiB)", "peak_memory_bytes", ".2f", gib),
         measured("data loader samples/s", "loader_samples_per_s", ".3g"),

@@ -1,4 +1,4 @@
-"""Benchmark our DocVQA recipe path against the blog post's training loop, side by side in one process.
+"""Benchmark our DocVQA recipe path against the blog post's training loop, side by side, each in a fresh process.
 
     python recipes/benchmark.py --model-size base --mode frozen_vision --steps 3 --output results.json
 
