@@ -30,7 +30,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, required=True, help="Timed training steps per path.")
     parser.add_argument("--output", type=Path, required=True, help="JSON file for the results.")
     parser.add_argument(
-        "--warmup-steps", type=int, default=1, help="Untimed steps first (FLOPs counted on the first)."
+        "--warmup-steps",
+        type=int,
+        default=2,
+        help="Untimed steps first. The first step of each batch shape pays one-off costs (allocator growth, "
+        "kernel selection, torch.compile), and group_by_image batches of 2 come in two shapes: one image or two.",
     )
     parser.add_argument(
         "--batch-size",
