@@ -16,9 +16,15 @@ import shlex
 import sys
 from pathlib import Path
 
-from florence_recipes.benchmark import ABLATIONS, MODEL_SIZES, BenchmarkSettings, format_table, run_benchmark
 from florence_recipes.cli import run_recipe, setup_logging
-from florence_recipes.configs import TRAINING_MODES
+from florence_recipes.configs.training import TRAINING_MODES
+from florence_recipes.tooling.benchmark import (
+    ABLATIONS,
+    MODEL_SIZES,
+    BenchmarkSettings,
+    format_table,
+    run_benchmark,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -24,7 +24,7 @@ A subset too large to download first: `--streaming true --max_steps 5000 --train
 """
 
 from florence_recipes.cli import run_recipe
-from florence_recipes.recipe import main
+from florence_recipes.training.recipe import main
 
 if __name__ == "__main__":
     run_recipe(main)

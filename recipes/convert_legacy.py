@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from florence_recipes.cli import run_recipe
-from florence_recipes.configs import RecipeArgumentParser
+from florence_recipes.configs.training import RecipeArgumentParser
 from florence_recipes.errors import RecipeError
-from florence_recipes.legacy import convert_legacy_checkpoint, convert_lora_adapter, local_snapshot
+from florence_recipes.models.legacy import convert_legacy_checkpoint, convert_lora_adapter, local_snapshot
 
 
 @dataclass

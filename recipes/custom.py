@@ -24,7 +24,7 @@ Florence-2-base on your own folder, one GPU:
 """
 
 from florence_recipes.cli import run_recipe
-from florence_recipes.recipe import main
+from florence_recipes.training.recipe import main
 
 if __name__ == "__main__":
     run_recipe(main)

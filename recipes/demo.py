@@ -25,10 +25,15 @@ from PIL import Image
 from transformers import PreTrainedModel, ProcessorMixin
 
 from florence_recipes.cli import run_recipe
-from florence_recipes.configs import ModelArguments, RecipeArgumentParser
+from florence_recipes.configs.training import ModelArguments, RecipeArgumentParser
 from florence_recipes.errors import RecipeError
-from florence_recipes.inference import answer, draw_regions, load_for_inference
-from florence_recipes.provenance import TrainingRecord, generation_settings, read_record, resolve_prompt
+from florence_recipes.models.inference import answer, draw_regions, load_for_inference
+from florence_recipes.models.provenance import (
+    TrainingRecord,
+    generation_settings,
+    read_record,
+    resolve_prompt,
+)
 
 logger = logging.getLogger(__name__)
 

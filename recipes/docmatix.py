@@ -21,7 +21,7 @@ Any recipe's budget (optimizer steps, samples, estimated H100 GPU-hours), offlin
 """
 
 from florence_recipes.cli import run_recipe
-from florence_recipes.recipe import main
+from florence_recipes.training.recipe import main
 
 if __name__ == "__main__":
     run_recipe(main)

@@ -16,7 +16,7 @@ train -> evaluate -> save) is shared with `recipes/cauldron.py` and `recipes/cus
 """
 
 from florence_recipes.cli import run_recipe
-from florence_recipes.recipe import main
+from florence_recipes.training.recipe import main
 
 if __name__ == "__main__":
     run_recipe(main)

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from florence_recipes.cli import run_recipe, setup_logging
-from florence_recipes.gpu_check import CHECKS, CheckPlan, format_report, run_checks
+from florence_recipes.tooling.gpu_check import CHECKS, CheckPlan, format_report, run_checks
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -26,10 +26,10 @@ from accelerate import PartialState
 from PIL import Image, UnidentifiedImageError
 
 from florence_recipes.cli import run_recipe
-from florence_recipes.configs import ModelArguments, RecipeArgumentParser
+from florence_recipes.configs.training import ModelArguments, RecipeArgumentParser
 from florence_recipes.errors import RecipeError, first_line
-from florence_recipes.inference import answer, draw_regions, load_for_inference
-from florence_recipes.provenance import generation_settings, read_record, resolve_prompt
+from florence_recipes.models.inference import answer, draw_regions, load_for_inference
+from florence_recipes.models.provenance import generation_settings, read_record, resolve_prompt
 
 
 @dataclass

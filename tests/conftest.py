@@ -26,14 +26,14 @@ SMOKE_YAML = REPO_ROOT / "recipes" / "docvqa" / "smoke.yaml"
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from florence_recipes.builders import build_random_florence2
+    from florence_recipes.builders.model import build_random_florence2
 
     return build_random_florence2(tmp_path_factory.mktemp("models") / "tiny-florence2", size="tiny")
 
 
 @pytest.fixture(scope="session")
 def docvqa_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from florence_recipes.builders import write_synthetic_docvqa
+    from florence_recipes.builders.datasets import write_synthetic_docvqa
 
     return write_synthetic_docvqa(tmp_path_factory.mktemp("data") / "synthetic-docvqa")
 
@@ -74,8 +74,8 @@ def processor(tiny_model_dir: Path):
 @pytest.fixture(scope="session")
 def train_rows(docvqa_dir: Path):
     """The synthetic DocVQA train split as standard rows."""
-    from florence_recipes.data import load_task_split
-    from florence_recipes.tasks import get_task
+    from florence_recipes.data.loading import load_task_split
+    from florence_recipes.data.tasks import get_task
 
     return load_task_split(get_task("docvqa"), str(docvqa_dir), "train")
 
@@ -102,7 +102,7 @@ def standard_features():
     """The standard rows' features with decoded images, to build small datasets in tests."""
     from datasets import Image
 
-    from florence_recipes.data import ROW_FEATURES
+    from florence_recipes.data.loading import ROW_FEATURES
 
     features = ROW_FEATURES.copy()
     features["image"] = Image()
@@ -111,7 +111,7 @@ def standard_features():
 
 def sources_of(task: str = "docvqa", dataset: str = "synthetic"):
     """The `sources` of a one-dataset run of `task`, as `data_sources` gives them to `FlorenceTrainer`."""
-    from florence_recipes.data import DataSource
-    from florence_recipes.tasks import get_task
+    from florence_recipes.data.loading import DataSource
+    from florence_recipes.data.tasks import get_task
 
     return [DataSource(get_task(task), dataset, None, "train", "validation", name=task)]

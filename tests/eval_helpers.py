@@ -20,9 +20,9 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from florence_recipes.collator import Florence2Collator
-from florence_recipes.data import load_task_split
-from florence_recipes.tasks import get_task
+from florence_recipes.data.collator import Florence2Collator
+from florence_recipes.data.loading import load_task_split
+from florence_recipes.data.tasks import get_task
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page

@@ -23,17 +23,17 @@ from conftest import REPO_ROOT, run_recipe_subprocess
 from datasets import Dataset
 from PIL import Image
 
-from florence_recipes.configs import parse_recipe_args
-from florence_recipes.data import data_sources, load_train_dataset
-from florence_recipes.errors import RecipeError
-from florence_recipes.images import to_rgb
-from florence_recipes.validation import (
+from florence_recipes.configs.training import parse_recipe_args
+from florence_recipes.data.images import to_rgb
+from florence_recipes.data.loading import data_sources, load_train_dataset
+from florence_recipes.data.validation import (
     as_text_list,
     bad_sample_metrics,
     check_samples,
     count_truncated_targets,
     image_problem,
 )
+from florence_recipes.errors import RecipeError
 
 COLOR = (200, 100, 50)
 LONG_ANSWER = " ".join(["forty-two"] * 40)  # ~80 tokens, over the smoke recipe's max_target_length of 32

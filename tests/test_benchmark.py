@@ -15,19 +15,19 @@ import torch
 from conftest import sources_of
 from transformers import AutoProcessor
 
-from florence_recipes.benchmark import (
+from florence_recipes.configs.training import FlorenceTrainingArguments, ModelArguments
+from florence_recipes.data.loading import column_values, load_task_split
+from florence_recipes.data.tasks import get_task
+from florence_recipes.errors import RecipeError
+from florence_recipes.models.loading import load_model, set_generation_length
+from florence_recipes.tooling.benchmark import (
     BatchRecordingTrainer,
     count_flops,
     count_step_flops,
     run_in_fresh_process,
 )
-from florence_recipes.configs import FlorenceTrainingArguments, ModelArguments
-from florence_recipes.data import column_values, load_task_split
-from florence_recipes.errors import RecipeError
-from florence_recipes.modeling import load_model, set_generation_length
-from florence_recipes.speed import length_sorted_order, restore_dataset_order
-from florence_recipes.tasks import get_task
-from florence_recipes.trainer import FlorenceTrainer
+from florence_recipes.training.speed import length_sorted_order, restore_dataset_order
+from florence_recipes.training.trainer import FlorenceTrainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, run_recipe_subprocess
 
-from florence_recipes.budget import (
+from florence_recipes.configs.training import parse_recipe_args
+from florence_recipes.data.loading import data_sources
+from florence_recipes.training.budget import (
     KNOWN_SPLITS,
     MODEL_FLOPS,
     SampleFlops,
@@ -16,8 +18,6 @@ from florence_recipes.budget import (
     model_flops,
     regenerate_table,
 )
-from florence_recipes.configs import parse_recipe_args
-from florence_recipes.data import data_sources
 
 RECIPE_YAMLS = sorted((REPO_ROOT / "recipes").rglob("*.yaml"))
 DOCVQA_TRAIN = KNOWN_SPLITS[("HuggingFaceM4/DocumentVQA", None, "train")]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from transformers import Seq2SeqTrainer
 
-from florence_recipes.trainer import PRIVATE_TRAINER_HOOKS
+from florence_recipes.training.trainer import PRIVATE_TRAINER_HOOKS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = REPO_ROOT / "florence_recipes"
@@ -121,7 +121,7 @@ def test_argument_parsing_loads_no_torch_or_pil_of_its_own() -> None:
 @pytest.mark.parametrize("hook", PRIVATE_TRAINER_HOOKS)
 def test_private_trainer_hooks_still_exist(hook: str) -> None:
     assert callable(getattr(Seq2SeqTrainer, hook, None)), (
-        f"transformers' Seq2SeqTrainer has no {hook} any more: FlorenceTrainer (florence_recipes/trainer.py) "
+        f"transformers' Seq2SeqTrainer has no {hook} any more: FlorenceTrainer (florence_recipes/training/trainer.py) "
         "relies on it; adapt it to this transformers version"
     )
 
@@ -139,7 +139,7 @@ def test_private_trainer_hooks_keep_their_signatures() -> None:
 
 
 def test_the_trainer_uses_no_other_private_trainer_member() -> None:
-    tree = ast.parse((PACKAGE / "trainer.py").read_text(encoding="utf-8"))
+    tree = ast.parse((PACKAGE / "training" / "trainer.py").read_text(encoding="utf-8"))
     used = {
         node.attr
         for node in ast.walk(tree)

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
-from florence_recipes.collator import IGNORE_INDEX, Florence2Collator
-from florence_recipes.images import to_rgb
+from florence_recipes.data.collator import IGNORE_INDEX, Florence2Collator
+from florence_recipes.data.images import to_rgb
 
 TARGETS = ["45.20", "Acme Corporation Ltd., 12 Main Street", "", "12/03/1998 – ünïcödé 東京"]  # noqa: RUF001
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 from conftest import sources_of
 
-from florence_recipes.collator import Florence2Collator
-from florence_recipes.configs import FlorenceTrainingArguments, ModelArguments
-from florence_recipes.data import column_values
-from florence_recipes.modeling import apply_training_mode, load_model
-from florence_recipes.speed import ImageGroupedSampler
-from florence_recipes.trainer import FlorenceTrainer
+from florence_recipes.configs.training import FlorenceTrainingArguments, ModelArguments
+from florence_recipes.data.collator import Florence2Collator
+from florence_recipes.data.loading import column_values
+from florence_recipes.models.loading import apply_training_mode, load_model
+from florence_recipes.training.speed import ImageGroupedSampler
+from florence_recipes.training.trainer import FlorenceTrainer
 
 BATCH = 7  # not a multiple of 3 questions per image: a batch also holds part of an image's questions
 

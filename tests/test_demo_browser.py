@@ -20,10 +20,10 @@ import pytest
 from conftest import REPO_ROOT
 from eval_helpers import chromium_page, save_screenshot
 
-from florence_recipes.configs import ModelArguments
-from florence_recipes.data import load_task_split
-from florence_recipes.inference import answer, load_for_inference
-from florence_recipes.tasks import get_task
+from florence_recipes.configs.training import ModelArguments
+from florence_recipes.data.loading import load_task_split
+from florence_recipes.data.tasks import get_task
+from florence_recipes.models.inference import answer, load_for_inference
 
 GENERATION = ("--num_beams", "1", "--max_new_tokens", "32")
 TITLE = "Florence-2 DocVQA demo (tiny test model)"

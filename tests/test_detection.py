@@ -12,15 +12,15 @@ import torch
 from PIL import Image
 from transformers import AddedToken, AutoProcessor, EvalPrediction
 
-from florence_recipes.detection import (
+from florence_recipes.data.images import image_size
+from florence_recipes.errors import RecipeError
+from florence_recipes.evaluation.detection import (
     format_detection_target,
     mean_average_precision,
     parse_boxes,
     quantize_boxes,
 )
-from florence_recipes.errors import RecipeError
-from florence_recipes.images import image_size
-from florence_recipes.scoring import BoxScorer
+from florence_recipes.evaluation.scoring import BoxScorer
 
 SIZES = [(256, 256), (640, 480), (333, 1000), (4000, 3000)]
 

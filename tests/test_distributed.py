@@ -26,8 +26,8 @@ from conftest import REPO_ROOT, SMOKE_YAML, run_recipe_subprocess
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
-from florence_recipes.configs import parse_recipe_args
-from florence_recipes.modeling import VISION_MODULES
+from florence_recipes.configs.training import parse_recipe_args
+from florence_recipes.models.loading import VISION_MODULES
 
 CONFIGS = REPO_ROOT / "accelerate_configs"
 SLURM_SCRIPT = REPO_ROOT / "recipes" / "launch.slurm"

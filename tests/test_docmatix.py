@@ -11,9 +11,9 @@ import datasets
 import pytest
 from conftest import REPO_ROOT, run_recipe_subprocess
 
-from florence_recipes.builders import write_synthetic_docmatix
-from florence_recipes.configs import DataArguments, FlorenceTrainingArguments, parse_recipe_args
-from florence_recipes.data import data_sources, load_train_dataset
+from florence_recipes.builders.docmatix import write_synthetic_docmatix
+from florence_recipes.configs.training import DataArguments, FlorenceTrainingArguments, parse_recipe_args
+from florence_recipes.data.loading import data_sources, load_train_dataset
 from florence_recipes.errors import RecipeError
 
 
@@ -100,8 +100,8 @@ def test_fractions_need_a_multi_turn_source(tmp_path: Path) -> None:
 
 def test_docmatix_schema_is_checked(tmp_path: Path) -> None:
     """The `pdf` config (PDF bytes, no images) and turns without user/assistant fail with one line."""
-    from florence_recipes.data import load_task_split
-    from florence_recipes.tasks import get_task
+    from florence_recipes.data.loading import load_task_split
+    from florence_recipes.data.tasks import get_task
 
     pdf_rows = tmp_path / "pdf.jsonl"
     pdf_rows.write_text(json.dumps({"pdf": "x", "texts": [{"user": "q", "assistant": "a", "source": "s"}]}))

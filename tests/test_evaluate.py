@@ -17,10 +17,13 @@ from conftest import REPO_ROOT, run_recipe_subprocess
 from datasets import load_dataset
 from eval_helpers import fit_tiny_model
 
-from florence_recipes.builders import write_synthetic_cauldron, write_synthetic_vqa_jsonl
-from florence_recipes.builders.datasets import write_synthetic_detection
-from florence_recipes.evaluation import parse_evaluation_args
-from florence_recipes.metrics import ITEM_METRICS
+from florence_recipes.builders.datasets import (
+    write_synthetic_cauldron,
+    write_synthetic_detection,
+    write_synthetic_vqa_jsonl,
+)
+from florence_recipes.evaluation.metrics import ITEM_METRICS
+from florence_recipes.training.evaluate import parse_evaluation_args
 
 METRICS = ("anls", "levenshtein", "exact_match")
 FAST = ("--generation_max_length", "32", "--dataloader_num_workers", "0", "--per_device_eval_batch_size", "5")

@@ -10,12 +10,12 @@ import torch
 from conftest import sources_of
 from transformers import AutoConfig, AutoProcessor, Florence2ForConditionalGeneration
 
-from florence_recipes.collator import Florence2Collator
-from florence_recipes.configs import FlorenceTrainingArguments, ModelArguments
+from florence_recipes.configs.training import FlorenceTrainingArguments, ModelArguments
+from florence_recipes.data.collator import Florence2Collator
 from florence_recipes.errors import RecipeError
-from florence_recipes.modeling import apply_training_mode, load_model
-from florence_recipes.speed import build_feature_cache
-from florence_recipes.trainer import FlorenceTrainer
+from florence_recipes.models.loading import apply_training_mode, load_model
+from florence_recipes.training.speed import build_feature_cache
+from florence_recipes.training.trainer import FlorenceTrainer
 
 BATCH = 6
 

@@ -17,8 +17,13 @@ import torch
 from conftest import REPO_ROOT
 from transformers import AutoProcessor
 
-from florence_recipes import configs, gpu_check
-from florence_recipes.benchmark import (
+from florence_recipes.configs import training
+from florence_recipes.configs.training import FlorenceTrainingArguments, ModelArguments
+from florence_recipes.data.collator import Florence2Collator
+from florence_recipes.errors import RecipeError
+from florence_recipes.models.loading import load_model
+from florence_recipes.tooling import gpu_check
+from florence_recipes.tooling.benchmark import (
     GIB,
     USABLE_FRACTION,
     BenchmarkSettings,
@@ -28,11 +33,7 @@ from florence_recipes.benchmark import (
     prepare_data,
     resolve_batch_size,
 )
-from florence_recipes.collator import Florence2Collator
-from florence_recipes.configs import FlorenceTrainingArguments, ModelArguments
-from florence_recipes.errors import RecipeError
-from florence_recipes.gpu_check import CheckPlan, SkipCheck, largest_fitting_batch, run_isolated
-from florence_recipes.modeling import load_model
+from florence_recipes.tooling.gpu_check import CheckPlan, SkipCheck, largest_fitting_batch, run_isolated
 
 
 # 169 s on a quiet 2-core machine (13 checks; the three accelerate launches of the distributed checks are 98 s of

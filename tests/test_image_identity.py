@@ -14,12 +14,12 @@ from conftest import sources_of
 from datasets import load_dataset
 from PIL import Image
 
-from florence_recipes.collator import Florence2Collator
-from florence_recipes.configs import FlorenceTrainingArguments, ModelArguments
-from florence_recipes.data import load_task_split
-from florence_recipes.modeling import apply_training_mode, load_model
-from florence_recipes.tasks import get_task
-from florence_recipes.trainer import FlorenceTrainer
+from florence_recipes.configs.training import FlorenceTrainingArguments, ModelArguments
+from florence_recipes.data.collator import Florence2Collator
+from florence_recipes.data.loading import load_task_split
+from florence_recipes.data.tasks import get_task
+from florence_recipes.models.loading import apply_training_mode, load_model
+from florence_recipes.training.trainer import FlorenceTrainer
 
 BATCH = 5  # not a multiple of the 3 questions per page
 
@@ -71,7 +71,7 @@ def test_path_images_are_keyed_by_their_bytes(tmp_path: Path) -> None:
 
 def test_cauldron_rows_with_the_same_picture_share_an_id(tmp_path: Path) -> None:
     convert = get_task("cauldron").convert_batch
-    from florence_recipes.tasks import SourceContext
+    from florence_recipes.data.tasks import SourceContext
 
     red, blue = {"bytes": png("red"), "path": None}, {"bytes": png("blue"), "path": None}
     turns = [[{"user": "q", "assistant": "a", "source": "s"}]] * 3

@@ -21,20 +21,22 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import AutoProcessor, Florence2ForConditionalGeneration
 
-from florence_recipes.builders import build_legacy_florence2, build_random_florence2, write_legacy_florence2
+from florence_recipes.builders.legacy_model import build_legacy_florence2, write_legacy_florence2
 from florence_recipes.builders.model import (
     BART_VOCAB_SIZE,
     FLORENCE_TOKENS,
     RELEASED_VOCAB_SIZE,
     build_config,
     build_processor,
+    build_random_florence2,
     padded_vocab_size,
 )
-from florence_recipes.configs import ModelArguments
-from florence_recipes.data import load_task_split
+from florence_recipes.configs.training import ModelArguments
+from florence_recipes.data.loading import load_task_split
+from florence_recipes.data.tasks import get_task
 from florence_recipes.errors import RecipeError
-from florence_recipes.inference import load_for_inference
-from florence_recipes.legacy import (
+from florence_recipes.models.inference import load_for_inference
+from florence_recipes.models.legacy import (
     CONVERTED_MARKER,
     NATIVE_TIED,
     cache_root,
@@ -45,8 +47,7 @@ from florence_recipes.legacy import (
     to_legacy_state_dict,
     to_native_key,
 )
-from florence_recipes.provenance import read_record
-from florence_recipes.tasks import get_task
+from florence_recipes.models.provenance import read_record
 
 # Released parameter counts per module group (transformers' Florence2ForConditionalGeneration; the LM head is
 # tied to the embeddings, so it adds no parameters of its own). Totals: Florence-2-base 231.4M, -large 770.2M.
@@ -431,7 +432,7 @@ def test_convert_legacy_script_round_trips(
         "--output_dir",
         str(out),
     )
-    [line] = [r.getMessage() for r in caplog.records if r.name == "florence_recipes.legacy"]
+    [line] = [r.getMessage() for r in caplog.records if r.name == "florence_recipes.models.legacy"]
     assert re.search(r"Converted original-layout \(remote-code\) Florence-2 .* 241 weight tensors", line)
     before, after = (
         load_file(str(tiny_model_dir / "model.safetensors")),

@@ -8,7 +8,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import EvalPrediction, PreTrainedTokenizerFast
 
-from florence_recipes.metrics import (
+from florence_recipes.evaluation.metrics import (
     ITEM_METRICS,
     anls,
     anls_score,
@@ -20,7 +20,7 @@ from florence_recipes.metrics import (
     score_items,
     vqa_accuracy_score,
 )
-from florence_recipes.scoring import TextScorer
+from florence_recipes.evaluation.scoring import TextScorer
 
 # --- ANLS ---------------------------------------------------------------------------------------
 

@@ -12,15 +12,15 @@ import pytest
 from datasets import Dataset
 from transformers import AutoProcessor, EvalPrediction
 
-from florence_recipes.builders import (
+from florence_recipes.builders.datasets import (
     write_synthetic_cauldron,
     write_synthetic_detection,
     write_synthetic_vqa_jsonl,
 )
-from florence_recipes.configs import DataArguments, FlorenceTrainingArguments, parse_recipe_args
-from florence_recipes.data import data_sources, load_eval_dataset, load_train_dataset, mix_datasets
+from florence_recipes.configs.training import DataArguments, FlorenceTrainingArguments, parse_recipe_args
+from florence_recipes.data.loading import data_sources, load_eval_dataset, load_train_dataset, mix_datasets
 from florence_recipes.errors import RecipeError
-from florence_recipes.scoring import build_scorer
+from florence_recipes.evaluation.scoring import build_scorer
 
 
 @pytest.fixture(scope="module")

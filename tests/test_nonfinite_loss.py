@@ -14,12 +14,12 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
 
-from florence_recipes.callbacks import NonFiniteLossGuard
-from florence_recipes.checkpoints import last_complete_checkpoint
-from florence_recipes.collator import IGNORE_INDEX, Florence2Collator
-from florence_recipes.configs import parse_recipe_args
+from florence_recipes.configs.training import parse_recipe_args
+from florence_recipes.data.collator import IGNORE_INDEX, Florence2Collator
 from florence_recipes.errors import RecipeError
-from florence_recipes.trainer import FlorenceTrainer
+from florence_recipes.training.callbacks import NonFiniteLossGuard
+from florence_recipes.training.checkpoints import last_complete_checkpoint
+from florence_recipes.training.trainer import FlorenceTrainer
 
 MAX_STEPS = 6
 

@@ -18,13 +18,13 @@ from peft import PeftModel
 from PIL import Image, ImageChops
 
 from florence_recipes.builders.datasets import write_synthetic_detection
-from florence_recipes.collator import Florence2Collator
-from florence_recipes.configs import ModelArguments
-from florence_recipes.data import load_task_split
+from florence_recipes.configs.training import ModelArguments
+from florence_recipes.data.collator import Florence2Collator
+from florence_recipes.data.loading import load_task_split
+from florence_recipes.data.tasks import get_task
 from florence_recipes.errors import RecipeError
-from florence_recipes.inference import answer, draw_regions, load_for_inference
-from florence_recipes.modeling import apply_training_mode, load_model, load_processor
-from florence_recipes.tasks import get_task
+from florence_recipes.models.inference import answer, draw_regions, load_for_inference
+from florence_recipes.models.loading import apply_training_mode, load_model, load_processor
 
 GENERATION = ["--num_beams", "1", "--max_new_tokens", "40"]
 SHAPES = {"rectangle", "circle", "triangle"}

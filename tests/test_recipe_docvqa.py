@@ -13,15 +13,15 @@ from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from florence_recipes.configs import parse_recipe_args
-from florence_recipes.modeling import (
+from florence_recipes.configs.training import parse_recipe_args
+from florence_recipes.models.loading import (
     VISION_MODULES,
     apply_training_mode,
     load_model,
     load_processor,
     set_generation_length,
 )
-from florence_recipes.trainer import FlorenceTrainer
+from florence_recipes.training.trainer import FlorenceTrainer
 
 ANSWERS = ["45.20", "Acme Corp", "12/03/1998", "John Smith", "4711", "$ 9.99", "Oslo", "blue"]
 

@@ -15,8 +15,8 @@ import yaml
 from conftest import REPO_ROOT, run_recipe_subprocess
 from PIL import Image
 
-from florence_recipes.configs import parse_recipe_args
-from florence_recipes.data import data_sources
+from florence_recipes.configs.training import parse_recipe_args
+from florence_recipes.data.loading import data_sources
 
 MIXTURE_SMOKE = REPO_ROOT / "recipes" / "cauldron" / "cauldron_mixture_smoke.yaml"
 CUSTOM = REPO_ROOT / "recipes" / "custom"

@@ -18,9 +18,13 @@ from conftest import REPO_ROOT, SMOKE_YAML, recipe_command, run_recipe_subproces
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
-from florence_recipes.checkpoints import is_complete_checkpoint, last_complete_checkpoint, resolve_checkpoint
-from florence_recipes.configs import parse_recipe_args
+from florence_recipes.configs.training import parse_recipe_args
 from florence_recipes.errors import RecipeError
+from florence_recipes.training.checkpoints import (
+    is_complete_checkpoint,
+    last_complete_checkpoint,
+    resolve_checkpoint,
+)
 
 MAX_STEPS, SAVE_STEPS = 36, 4  # 6 batches of 8 per epoch: checkpoints fall mid-epoch too
 KILLS = 2  # a kill of a fresh run and one of a resumed run (each launch costs ~15 s of imports)

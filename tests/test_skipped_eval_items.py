@@ -15,10 +15,10 @@ from conftest import REPO_ROOT, sources_of, standard_features
 from datasets import Dataset, Image, load_dataset
 from PIL import Image as PILImage
 
-from florence_recipes.detection import format_detection_target
-from florence_recipes.report import write_report
-from florence_recipes.scoring import build_scorer
-from florence_recipes.validation import check_samples
+from florence_recipes.data.validation import check_samples
+from florence_recipes.evaluation.detection import format_detection_target
+from florence_recipes.evaluation.report import write_report
+from florence_recipes.evaluation.scoring import build_scorer
 
 FAST = ("--generation_max_length", "32", "--dataloader_num_workers", "0", "--per_device_eval_batch_size", "6")
 

@@ -12,16 +12,13 @@ import pytest
 from datasets import Dataset, Features, Image, Value
 from PIL import Image as PILImage
 
-from florence_recipes.builders import (
+from florence_recipes.builders.datasets import (
     write_synthetic_cauldron,
     write_synthetic_detection,
     write_synthetic_vqa_jsonl,
 )
-from florence_recipes.data import ROW_FEATURES, load_task_split
-from florence_recipes.detection import format_detection_target
-from florence_recipes.errors import RecipeError
-from florence_recipes.metrics import ITEM_METRICS
-from florence_recipes.tasks import (
+from florence_recipes.data.loading import ROW_FEATURES, load_task_split
+from florence_recipes.data.tasks import (
     CAULDRON_FAMILIES,
     CAULDRON_SUBSET_METRICS,
     STANDARD_COLUMNS,
@@ -29,6 +26,9 @@ from florence_recipes.tasks import (
     cauldron_metric_table,
     get_task,
 )
+from florence_recipes.errors import RecipeError
+from florence_recipes.evaluation.detection import format_detection_target
+from florence_recipes.evaluation.metrics import ITEM_METRICS
 
 # The 50 configs of HuggingFaceM4/the_cauldron.
 CAULDRON_CONFIGS = [

@@ -12,7 +12,12 @@ from conftest import SMOKE_YAML, run_recipe_subprocess
 from PIL import Image
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from florence_recipes.plots import CURVES_FILE, TrainingCurvesCallback, eval_metric_keys, plot_training_curves
+from florence_recipes.training.curves import (
+    CURVES_FILE,
+    TrainingCurvesCallback,
+    eval_metric_keys,
+    plot_training_curves,
+)
 
 LOG_HISTORY = [
     {"loss": 5.0, "grad_norm": 3.0, "learning_rate": 1e-3, "epoch": 0.5, "step": 5},

@@ -10,8 +10,8 @@ from conftest import sources_of, standard_features
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from florence_recipes.configs import parse_recipe_args
-from florence_recipes.trainer import FlorenceTrainer
+from florence_recipes.configs.training import parse_recipe_args
+from florence_recipes.training.trainer import FlorenceTrainer
 
 STEPS = 4
 

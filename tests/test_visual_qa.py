@@ -13,22 +13,20 @@ import pytest
 from conftest import REPO_ROOT, run_recipe_subprocess
 from PIL import Image
 
-from florence_recipes.builders import (
-    build_offline_fixtures,
-    dataset_image_blind_baseline,
-    dataset_most_frequent_answer_baseline,
-    image_blind_baseline,
-    most_frequent_answer_baseline,
-)
+from florence_recipes.builders import build_offline_fixtures
 from florence_recipes.builders.visual_qa import (
     COLOURS,
     DEFAULT_QUESTIONS,
     POSITIONS,
     QUESTIONS,
+    dataset_image_blind_baseline,
+    dataset_most_frequent_answer_baseline,
+    image_blind_baseline,
+    most_frequent_answer_baseline,
     write_synthetic_visual_qa,
 )
-from florence_recipes.data import load_task_split
-from florence_recipes.tasks import get_task
+from florence_recipes.data.loading import load_task_split
+from florence_recipes.data.tasks import get_task
 
 SMALL = {"num_train_images": 12, "num_validation_images": 6, "num_test_images": 3, "seed": 5}
 LEARN_YAML = REPO_ROOT / "recipes" / "docvqa" / "learn_tiny.yaml"
@@ -188,7 +186,7 @@ REGRESSION_MARGIN = 0.2  # held-out ANLS must beat the image-blind baseline (~0.
 def test_training_learns_from_the_pixels_with_dedup_vision(tmp_path: Path) -> None:
     """Held-out ANLS clearly above the image-blind baseline with group_by_image + dedup_vision: if image
     features were paired with the wrong question, no answer could be read and the score would fall to it."""
-    from florence_recipes.builders import build_random_florence2
+    from florence_recipes.builders.model import build_random_florence2
 
     data = write_synthetic_visual_qa(tmp_path / "visual-qa", **REGRESSION_DATA)
     model = build_random_florence2(tmp_path / "tiny64-florence2", size="tiny64")

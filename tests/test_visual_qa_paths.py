@@ -36,13 +36,13 @@ import yaml
 from conftest import REPO_ROOT, recipe_command, run_recipe_subprocess
 from safetensors.torch import load_file, save_file
 
-from florence_recipes.builders import (
-    build_random_florence2,
+from florence_recipes.builders.model import build_random_florence2
+from florence_recipes.builders.visual_qa import (
     dataset_image_blind_baseline,
     dataset_most_frequent_answer_baseline,
+    write_synthetic_visual_qa,
 )
-from florence_recipes.builders.visual_qa import write_synthetic_visual_qa
-from florence_recipes.modeling import VISION_MODULES
+from florence_recipes.models.loading import VISION_MODULES
 
 pytestmark = pytest.mark.slow
 

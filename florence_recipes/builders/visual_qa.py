@@ -207,7 +207,7 @@ def image_blind_baseline(questions: Sequence[str], answers: Sequence[Sequence[st
     """ANLS of the best model that never looks at the image, on these questions: per question text, the one
     answer (from its gold answers) that scores most on that question's items. An image-blind model gives one
     answer per question text, so none can score more; a model that does reads the pixels."""
-    from florence_recipes.metrics import anls  # deferred: the metrics stack is heavier than the builders
+    from florence_recipes.evaluation.metrics import anls
 
     if len(questions) != len(answers):
         raise ValueError("questions and answers must have the same length")
@@ -230,7 +230,7 @@ def most_frequent_answer_baseline(
     """ANLS on (questions, answers) of answering every question text with its most frequent training target
     (the first gold answer, which the recipe trains on): what a model that ignores the image learns, so the
     score a blank-image control should land on. :func:`image_blind_baseline` is the ceiling above it."""
-    from florence_recipes.metrics import anls
+    from florence_recipes.evaluation.metrics import anls
 
     targets: dict[str, Counter[str]] = {}
     for question, golds in zip(train_questions, train_answers, strict=True):

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from florence_recipes.data.tasks import DOCVQA_PROMPT, TASKS, Task
 from florence_recipes.errors import RecipeError, first_line
-from florence_recipes.tasks import DOCVQA_PROMPT, TASKS, Task
 
 logger = logging.getLogger(__name__)
 

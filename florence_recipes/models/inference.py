@@ -18,13 +18,13 @@ from PIL import Image, ImageDraw
 from transformers import PreTrainedModel, ProcessorMixin
 from transformers.utils.peft_utils import find_adapter_config_file
 
-from florence_recipes.configs import ModelArguments
+from florence_recipes.configs.training import ModelArguments
+from florence_recipes.data.images import to_rgb
+from florence_recipes.data.tasks import DOCVQA_PROMPT
 from florence_recipes.errors import RecipeError, first_line
-from florence_recipes.images import to_rgb
-from florence_recipes.legacy import resolve_legacy_adapter
-from florence_recipes.modeling import load_model, load_processor
-from florence_recipes.scoring import decode_texts
-from florence_recipes.tasks import DOCVQA_PROMPT
+from florence_recipes.evaluation.scoring import decode_texts
+from florence_recipes.models.legacy import resolve_legacy_adapter
+from florence_recipes.models.loading import load_model, load_processor
 
 logger = logging.getLogger(__name__)
 

@@ -33,10 +33,10 @@ from datasets import Dataset, Image
 from datasets.features.features import FeatureType
 from PIL import Image as PILImage
 
-from florence_recipes.detection import format_detection_target
+from florence_recipes.data.images import image_size, to_rgb
+from florence_recipes.data.validation import as_text_list
 from florence_recipes.errors import RecipeError
-from florence_recipes.images import image_size, to_rgb
-from florence_recipes.validation import as_text_list
+from florence_recipes.evaluation.detection import format_detection_target
 
 logger = logging.getLogger(__name__)
 

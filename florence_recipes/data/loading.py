@@ -29,13 +29,13 @@ from datasets import Dataset, Features, Image, IterableDataset, Value
 from datasets import Sequence as SequenceFeature
 from datasets.exceptions import DatasetGenerationError
 
+from florence_recipes.data.tasks import SourceContext, Task, get_task
 from florence_recipes.errors import RecipeError, first_line
-from florence_recipes.tasks import SourceContext, Task, get_task
 
 if TYPE_CHECKING:
     from transformers import TrainingArguments
 
-    from florence_recipes.configs import DataArguments
+    from florence_recipes.configs.training import DataArguments
 
 logger = logging.getLogger(__name__)
 

@@ -36,7 +36,10 @@ from typing import Any
 import torch
 from transformers import AutoModelForImageTextToText
 
-from florence_recipes.benchmark import (
+from florence_recipes.configs.training import ModelArguments
+from florence_recipes.errors import RecipeError, first_line
+from florence_recipes.models.loading import apply_training_mode, load_model, load_processor
+from florence_recipes.tooling.benchmark import (
     GIB,
     BenchmarkData,
     BenchmarkSettings,
@@ -50,10 +53,7 @@ from florence_recipes.benchmark import (
     run_blog_loop,
     run_ours,
 )
-from florence_recipes.blog_loop import BLOG_LEARNING_RATE, BLOG_NUM_BEAMS
-from florence_recipes.configs import ModelArguments
-from florence_recipes.errors import RecipeError, first_line
-from florence_recipes.modeling import apply_training_mode, load_model, load_processor
+from florence_recipes.tooling.blog_loop import BLOG_LEARNING_RATE, BLOG_NUM_BEAMS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPES_DIR = REPO_ROOT / "recipes" / "docvqa"

@@ -47,7 +47,25 @@ from torch.utils.flop_counter import (
 )
 from transformers import AutoModelForImageTextToText, PrinterCallback, TrainerCallback, set_seed
 
-from florence_recipes.blog_loop import (
+from florence_recipes.builders.datasets import write_synthetic_docvqa
+from florence_recipes.builders.model import build_random_florence2
+from florence_recipes.configs.training import (
+    TRAINING_MODES,
+    ModelArguments,
+    cpu_bf16_wanted,
+    cpu_has_native_bf16,
+    parse_recipe_args,
+)
+from florence_recipes.data.loading import column_values, data_sources, load_task_split
+from florence_recipes.data.tasks import get_task
+from florence_recipes.errors import RecipeError
+from florence_recipes.models.loading import (
+    apply_training_mode,
+    load_model,
+    load_processor,
+    set_generation_length,
+)
+from florence_recipes.tooling.blog_loop import (
     BLOG_BATCH_SIZE,
     BLOG_NUM_BEAMS,
     blog_dataloader,
@@ -57,19 +75,7 @@ from florence_recipes.blog_loop import (
     blog_optimizer,
     blog_train_step,
 )
-from florence_recipes.builders import build_random_florence2, write_synthetic_docvqa
-from florence_recipes.configs import (
-    TRAINING_MODES,
-    ModelArguments,
-    cpu_bf16_wanted,
-    cpu_has_native_bf16,
-    parse_recipe_args,
-)
-from florence_recipes.data import column_values, data_sources, load_task_split
-from florence_recipes.errors import RecipeError
-from florence_recipes.modeling import apply_training_mode, load_model, load_processor, set_generation_length
-from florence_recipes.tasks import get_task
-from florence_recipes.trainer import FlorenceTrainer
+from florence_recipes.training.trainer import FlorenceTrainer
 
 MODEL_SIZES = ("tiny", "base", "large")
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes" / "docvqa"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from florence_recipes.provenance import PROVENANCE_FILE, TrainingRecord
+from florence_recipes.models.provenance import PROVENANCE_FILE, TrainingRecord
 
 _TEXT_DECODE = "print(processor.batch_decode(ids, skip_special_tokens=True)[0])"
 # Box tasks write `<loc_i>` tokens: keep them in the text and let the processor turn them into pixel boxes.

@@ -26,17 +26,18 @@ from transformers import PreTrainedModel, ProcessorMixin, Seq2SeqTrainer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.trainer_utils import EvalLoopOutput
 
-from florence_recipes.callbacks import NonFiniteLossGuard
-from florence_recipes.checkpoints import last_complete_checkpoint
-from florence_recipes.collator import Florence2Collator
-from florence_recipes.configs import FlorenceTrainingArguments
-from florence_recipes.data import DataSource, column_values
+from florence_recipes.configs.training import FlorenceTrainingArguments
+from florence_recipes.data.collator import Florence2Collator
+from florence_recipes.data.loading import DataSource, column_values
+from florence_recipes.data.validation import DroppedItem
 from florence_recipes.errors import RecipeError
-from florence_recipes.model_card import add_usage, usage_section
-from florence_recipes.plots import TrainingCurvesCallback
-from florence_recipes.provenance import SourceRecord, TrainingRecord, observed_format, write_record
-from florence_recipes.scoring import Scorer, build_scorer
-from florence_recipes.speed import (
+from florence_recipes.evaluation.scoring import Scorer, build_scorer
+from florence_recipes.models.provenance import SourceRecord, TrainingRecord, observed_format, write_record
+from florence_recipes.training.callbacks import NonFiniteLossGuard
+from florence_recipes.training.checkpoints import last_complete_checkpoint
+from florence_recipes.training.curves import TrainingCurvesCallback
+from florence_recipes.training.model_card import add_usage, usage_section
+from florence_recipes.training.speed import (
     ImageFeatureCache,
     ImageGroupedSampler,
     build_feature_cache,
@@ -45,7 +46,6 @@ from florence_recipes.speed import (
     merge_image_features,
     restore_dataset_order,
 )
-from florence_recipes.validation import DroppedItem
 
 logger = logging.getLogger(__name__)
 

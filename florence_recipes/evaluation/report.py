@@ -17,7 +17,7 @@ from jinja2 import Environment
 from matplotlib.figure import Figure
 from PIL import Image
 
-from florence_recipes.images import to_rgb
+from florence_recipes.data.images import to_rgb
 
 REPORT_FILE = "report.html"
 COMPARISON_FILE = "comparison.html"

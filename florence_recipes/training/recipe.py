@@ -11,17 +11,22 @@ import logging
 
 from transformers import set_seed
 
-from florence_recipes.budget import report_budget
 from florence_recipes.builders import build_offline_fixtures
 from florence_recipes.builders.visual_qa import offline_result_note
-from florence_recipes.checkpoints import resolve_checkpoint
 from florence_recipes.cli import setup_logging
-from florence_recipes.configs import parse_recipe_args
-from florence_recipes.data import data_sources, load_eval_dataset, load_train_dataset
-from florence_recipes.hub import check_hub_access
-from florence_recipes.modeling import apply_training_mode, load_model, load_processor, set_generation_length
-from florence_recipes.trainer import FlorenceTrainer
-from florence_recipes.validation import bad_sample_metrics, check_samples, count_truncated_targets
+from florence_recipes.configs.training import parse_recipe_args
+from florence_recipes.data.loading import data_sources, load_eval_dataset, load_train_dataset
+from florence_recipes.data.validation import bad_sample_metrics, check_samples, count_truncated_targets
+from florence_recipes.models.loading import (
+    apply_training_mode,
+    load_model,
+    load_processor,
+    set_generation_length,
+)
+from florence_recipes.training.budget import report_budget
+from florence_recipes.training.checkpoints import resolve_checkpoint
+from florence_recipes.training.hub import check_hub_access
+from florence_recipes.training.trainer import FlorenceTrainer
 
 logger = logging.getLogger(__name__)
 

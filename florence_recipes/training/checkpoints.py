@@ -11,7 +11,7 @@ from pathlib import Path
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from florence_recipes.configs import FlorenceTrainingArguments
+from florence_recipes.configs.training import FlorenceTrainingArguments
 from florence_recipes.errors import RecipeError
 
 logger = logging.getLogger(__name__)

@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from transformers import BatchEncoding, ProcessorMixin
 
+from florence_recipes.data.images import image_groups, to_rgb
 from florence_recipes.errors import RecipeError
-from florence_recipes.images import image_groups, to_rgb
-from florence_recipes.speed import ImageFeatureCache
+from florence_recipes.training.speed import ImageFeatureCache
 
 IGNORE_INDEX = -100  # positions the cross-entropy loss skips
 

@@ -29,10 +29,10 @@ from datasets import Dataset
 from torch.utils.data import DataLoader, Sampler
 from transformers import BaseImageProcessor, PreTrainedModel, TrainingArguments
 
-from florence_recipes.data import column_values
+from florence_recipes.data.images import image_groups, to_rgb
+from florence_recipes.data.loading import column_values
 from florence_recipes.errors import RecipeError
-from florence_recipes.images import image_groups, to_rgb
-from florence_recipes.modeling import vision_parameters
+from florence_recipes.models.loading import vision_parameters
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
-from florence_recipes.configs import FlorenceTrainingArguments
+from florence_recipes.configs.training import FlorenceTrainingArguments
 from florence_recipes.errors import RecipeError, first_line
 
 logger = logging.getLogger(__name__)

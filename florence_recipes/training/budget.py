@@ -35,7 +35,6 @@ import torch
 from transformers import AutoImageProcessor, Florence2Config, Florence2ForConditionalGeneration
 from transformers.integrations import deepspeed as hf_deepspeed
 
-from florence_recipes.benchmark import CUDA_PEAK_TFLOPS, count_flops
 from florence_recipes.builders.model import (
     ARCHITECTURES,
     RELEASED_VOCAB_SIZE,
@@ -44,10 +43,11 @@ from florence_recipes.builders.model import (
     image_seq_length,
     padded_vocab_size,
 )
+from florence_recipes.tooling.benchmark import CUDA_PEAK_TFLOPS, count_flops
 
 if TYPE_CHECKING:
-    from florence_recipes.configs import DataArguments, FlorenceTrainingArguments, ModelArguments
-    from florence_recipes.data import DataSource
+    from florence_recipes.configs.training import DataArguments, FlorenceTrainingArguments, ModelArguments
+    from florence_recipes.data.loading import DataSource
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ def _counted_examples(
     sources: list[DataSource], data_args: DataArguments, seed: int
 ) -> tuple[int, str] | None:
     """Read local sources and count their training examples (what the run will load); None for Hub ids."""
-    from florence_recipes.data import load_train_dataset
+    from florence_recipes.data.loading import load_train_dataset
 
     if not all(Path(source.dataset).expanduser().exists() for source in sources):
         return None

@@ -18,12 +18,12 @@ import numpy as np
 from datasets import Dataset, Image
 from transformers import EvalPrediction, PreTrainedTokenizerBase, ProcessorMixin
 
-from florence_recipes.data import DataSource, column_values
-from florence_recipes.detection import MAP_KEYS, Boxes, mean_average_precision, parse_boxes
+from florence_recipes.data.images import image_size
+from florence_recipes.data.loading import DataSource, column_values
+from florence_recipes.data.validation import DroppedItem
 from florence_recipes.errors import RecipeError
-from florence_recipes.images import image_size
-from florence_recipes.metrics import check_metric_names, mean, score_items
-from florence_recipes.validation import DroppedItem
+from florence_recipes.evaluation.detection import MAP_KEYS, Boxes, mean_average_precision, parse_boxes
+from florence_recipes.evaluation.metrics import check_metric_names, mean, score_items
 
 IGNORE_INDEX = -100  # the Trainer pads generated ids of different lengths with it
 # Mixture-wide eval metrics, defined for any text; each source also gets its own (eval_<source>_<metric>).

@@ -27,20 +27,20 @@ import yaml
 from accelerate.utils import parse_flag_from_env
 from datasets import Dataset
 
-from florence_recipes.configs import (
+from florence_recipes.configs.training import (
     DataArguments,
     FlorenceTrainingArguments,
     ModelArguments,
     RecipeArgumentParser,
 )
-from florence_recipes.data import DataSource
+from florence_recipes.data.loading import DataSource
+from florence_recipes.data.validation import DroppedItem
 from florence_recipes.errors import RecipeError
-from florence_recipes.inference import load_for_inference
-from florence_recipes.modeling import set_generation_length
-from florence_recipes.provenance import TrainingRecord, resolve_prompt
-from florence_recipes.scoring import TextScorer
-from florence_recipes.trainer import FlorenceTrainer
-from florence_recipes.validation import DroppedItem
+from florence_recipes.evaluation.scoring import TextScorer
+from florence_recipes.models.inference import load_for_inference
+from florence_recipes.models.loading import set_generation_length
+from florence_recipes.models.provenance import TrainingRecord, resolve_prompt
+from florence_recipes.training.trainer import FlorenceTrainer
 
 logger = logging.getLogger(__name__)
 
