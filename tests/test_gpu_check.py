@@ -17,7 +17,7 @@ import torch
 from conftest import REPO_ROOT
 from transformers import AutoProcessor
 
-from florence_recipes.configs import training
+from florence_recipes.configs import training as configs
 from florence_recipes.configs.training import FlorenceTrainingArguments, ModelArguments
 from florence_recipes.data.collator import Florence2Collator
 from florence_recipes.errors import RecipeError
