@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from florence_recipes.cli import run_recipe, setup_logging
-from florence_recipes.configs.training import TRAINING_MODES
+from florence_recipes.configs.choices import TRAINING_MODES
 from florence_recipes.tooling.benchmark import (
     ABLATIONS,
     MODEL_SIZES,

@@ -25,7 +25,8 @@ from PIL import Image
 from transformers import PreTrainedModel, ProcessorMixin
 
 from florence_recipes.cli import run_recipe
-from florence_recipes.configs.training import ModelArguments, RecipeArgumentParser
+from florence_recipes.configs.model import ModelArguments
+from florence_recipes.configs.parser import RecipeArgumentParser
 from florence_recipes.errors import RecipeError
 from florence_recipes.models.inference import answer, draw_regions, load_for_inference
 from florence_recipes.models.provenance import (

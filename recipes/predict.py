@@ -26,7 +26,8 @@ from accelerate import PartialState
 from PIL import Image, UnidentifiedImageError
 
 from florence_recipes.cli import run_recipe
-from florence_recipes.configs.training import ModelArguments, RecipeArgumentParser
+from florence_recipes.configs.model import ModelArguments
+from florence_recipes.configs.parser import RecipeArgumentParser
 from florence_recipes.errors import RecipeError, first_line
 from florence_recipes.models.inference import answer, draw_regions, load_for_inference
 from florence_recipes.models.provenance import generation_settings, read_record, resolve_prompt

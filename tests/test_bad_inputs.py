@@ -23,7 +23,7 @@ from conftest import REPO_ROOT, run_recipe_subprocess
 from datasets import Dataset
 from PIL import Image
 
-from florence_recipes.configs.training import parse_recipe_args
+from florence_recipes.configs.parser import parse_recipe_args
 from florence_recipes.data.images import to_rgb
 from florence_recipes.data.loading import data_sources, load_train_dataset
 from florence_recipes.data.validation import (

@@ -15,7 +15,8 @@ import torch
 from conftest import sources_of
 from transformers import AutoProcessor
 
-from florence_recipes.configs.training import FlorenceTrainingArguments, ModelArguments
+from florence_recipes.configs.model import ModelArguments
+from florence_recipes.configs.training import FlorenceTrainingArguments
 from florence_recipes.data.loading import column_values, load_task_split
 from florence_recipes.data.tasks import get_task
 from florence_recipes.errors import RecipeError

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, run_recipe_subprocess
 
-from florence_recipes.configs.training import parse_recipe_args
+from florence_recipes.configs.parser import parse_recipe_args
 from florence_recipes.data.loading import data_sources
 from florence_recipes.training.budget import (
     KNOWN_SPLITS,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import SMOKE_YAML, run_recipe_subprocess
 
-from florence_recipes.configs.training import parse_recipe_args
+from florence_recipes.configs.parser import parse_recipe_args
 
 
 def parse_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT
 
-from florence_recipes.configs.training import parse_recipe_args
+from florence_recipes.configs.parser import parse_recipe_args
 
 RECIPE_YAMLS = sorted((REPO_ROOT / "recipes").glob("**/*.yaml"))
 

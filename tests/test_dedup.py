@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 from conftest import sources_of
 
-from florence_recipes.configs.training import FlorenceTrainingArguments, ModelArguments
+from florence_recipes.configs.model import ModelArguments
+from florence_recipes.configs.training import FlorenceTrainingArguments
 from florence_recipes.data.collator import Florence2Collator
 from florence_recipes.data.loading import column_values
 from florence_recipes.models.loading import apply_training_mode, load_model

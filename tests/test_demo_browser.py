@@ -20,7 +20,7 @@ import pytest
 from conftest import REPO_ROOT
 from eval_helpers import chromium_page, save_screenshot
 
-from florence_recipes.configs.training import ModelArguments
+from florence_recipes.configs.model import ModelArguments
 from florence_recipes.data.loading import load_task_split
 from florence_recipes.data.tasks import get_task
 from florence_recipes.models.inference import answer, load_for_inference

@@ -26,7 +26,7 @@ from conftest import REPO_ROOT, SMOKE_YAML, run_recipe_subprocess
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
-from florence_recipes.configs.training import parse_recipe_args
+from florence_recipes.configs.parser import parse_recipe_args
 from florence_recipes.models.loading import VISION_MODULES
 
 CONFIGS = REPO_ROOT / "accelerate_configs"

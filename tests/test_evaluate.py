@@ -22,8 +22,8 @@ from florence_recipes.builders.datasets import (
     write_synthetic_detection,
     write_synthetic_vqa_jsonl,
 )
+from florence_recipes.configs.parser import parse_evaluation_args
 from florence_recipes.evaluation.metrics import ITEM_METRICS
-from florence_recipes.training.evaluate import parse_evaluation_args
 
 METRICS = ("anls", "levenshtein", "exact_match")
 FAST = ("--generation_max_length", "32", "--dataloader_num_workers", "0", "--per_device_eval_batch_size", "5")

@@ -10,7 +10,8 @@ import torch
 from conftest import sources_of
 from transformers import AutoConfig, AutoProcessor, Florence2ForConditionalGeneration
 
-from florence_recipes.configs.training import FlorenceTrainingArguments, ModelArguments
+from florence_recipes.configs.model import ModelArguments
+from florence_recipes.configs.training import FlorenceTrainingArguments
 from florence_recipes.data.collator import Florence2Collator
 from florence_recipes.errors import RecipeError
 from florence_recipes.models.loading import apply_training_mode, load_model

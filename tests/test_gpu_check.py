@@ -18,7 +18,8 @@ from conftest import REPO_ROOT
 from transformers import AutoProcessor
 
 from florence_recipes.configs import training as configs
-from florence_recipes.configs.training import FlorenceTrainingArguments, ModelArguments
+from florence_recipes.configs.model import ModelArguments
+from florence_recipes.configs.training import FlorenceTrainingArguments
 from florence_recipes.data.collator import Florence2Collator
 from florence_recipes.errors import RecipeError
 from florence_recipes.models.loading import load_model

@@ -14,7 +14,8 @@ from conftest import sources_of
 from datasets import load_dataset
 from PIL import Image
 
-from florence_recipes.configs.training import FlorenceTrainingArguments, ModelArguments
+from florence_recipes.configs.model import ModelArguments
+from florence_recipes.configs.training import FlorenceTrainingArguments
 from florence_recipes.data.collator import Florence2Collator
 from florence_recipes.data.loading import load_task_split
 from florence_recipes.data.tasks import get_task

@@ -31,7 +31,7 @@ from florence_recipes.builders.model import (
     build_random_florence2,
     padded_vocab_size,
 )
-from florence_recipes.configs.training import ModelArguments
+from florence_recipes.configs.model import ModelArguments
 from florence_recipes.data.loading import load_task_split
 from florence_recipes.data.tasks import get_task
 from florence_recipes.errors import RecipeError

@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
 
-from florence_recipes.configs.training import parse_recipe_args
+from florence_recipes.configs.parser import parse_recipe_args
 from florence_recipes.data.collator import IGNORE_INDEX, Florence2Collator
 from florence_recipes.errors import RecipeError
 from florence_recipes.training.callbacks import NonFiniteLossGuard

@@ -18,7 +18,7 @@ from peft import PeftModel
 from PIL import Image, ImageChops
 
 from florence_recipes.builders.datasets import write_synthetic_detection
-from florence_recipes.configs.training import ModelArguments
+from florence_recipes.configs.model import ModelArguments
 from florence_recipes.data.collator import Florence2Collator
 from florence_recipes.data.loading import load_task_split
 from florence_recipes.data.tasks import get_task

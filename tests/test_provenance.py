@@ -19,13 +19,15 @@ import torch
 from conftest import REPO_ROOT, sources_of
 
 from florence_recipes.builders.datasets import write_synthetic_detection, write_synthetic_vqa_jsonl
-from florence_recipes.configs.training import FlorenceTrainingArguments, ModelArguments
+from florence_recipes.configs.model import ModelArguments
+from florence_recipes.configs.parser import given_options, parse_evaluation_args
+from florence_recipes.configs.training import FlorenceTrainingArguments
 from florence_recipes.data.loading import load_task_split
 from florence_recipes.data.tasks import TASKS, SourceContext, get_task
 from florence_recipes.models.inference import load_for_inference
 from florence_recipes.models.loading import apply_training_mode, load_model, set_generation_length
 from florence_recipes.models.provenance import PROVENANCE_FILE, read_record, resolve_prompt
-from florence_recipes.training.evaluate import apply_training_record, given_options, parse_evaluation_args
+from florence_recipes.training.evaluate import apply_training_record
 from florence_recipes.training.trainer import FlorenceTrainer
 
 MAX_LENGTH = 24

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from florence_recipes.configs.training import parse_recipe_args
+from florence_recipes.configs.parser import parse_recipe_args
 from florence_recipes.models.loading import (
     VISION_MODULES,
     apply_training_mode,

@@ -14,11 +14,13 @@ import pytest
 from conftest import sources_of
 from eval_helpers import chromium_page, save_screenshot
 
-from florence_recipes.configs.training import ModelArguments
+from florence_recipes.configs.evaluation import EvaluationArguments
+from florence_recipes.configs.model import ModelArguments
 from florence_recipes.data.loading import load_task_split
 from florence_recipes.data.tasks import get_task
+from florence_recipes.evaluation.records import write_evaluation
 from florence_recipes.evaluation.report import write_comparison_report, write_report
-from florence_recipes.training.evaluate import EvaluationArguments, evaluate_model, write_evaluation
+from florence_recipes.training.evaluate import evaluate_model
 
 # Every <img> of the page with whether it decoded: a broken or missing file has naturalWidth 0.
 IMAGES_JS = "Array.from(document.images).map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0])"

@@ -18,7 +18,7 @@ from conftest import REPO_ROOT, SMOKE_YAML, recipe_command, run_recipe_subproces
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
-from florence_recipes.configs.training import parse_recipe_args
+from florence_recipes.configs.parser import parse_recipe_args
 from florence_recipes.errors import RecipeError
 from florence_recipes.training.checkpoints import (
     is_complete_checkpoint,

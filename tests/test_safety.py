@@ -11,7 +11,7 @@ import torch
 from conftest import SMOKE_YAML, run_recipe_subprocess
 from safetensors.torch import load_file
 
-from florence_recipes.configs.training import parse_recipe_args
+from florence_recipes.configs.parser import parse_recipe_args
 from florence_recipes.errors import RecipeError
 from florence_recipes.models.loading import load_model
 from florence_recipes.training.hub import check_hub_access

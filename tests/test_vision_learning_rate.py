@@ -10,7 +10,7 @@ from conftest import sources_of, standard_features
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from florence_recipes.configs.training import parse_recipe_args
+from florence_recipes.configs.parser import parse_recipe_args
 from florence_recipes.training.trainer import FlorenceTrainer
 
 STEPS = 4

@@ -35,7 +35,7 @@ from florence_recipes.errors import RecipeError, first_line
 if TYPE_CHECKING:
     from transformers import TrainingArguments
 
-    from florence_recipes.configs.training import DataArguments
+    from florence_recipes.configs.data import DataArguments
 
 logger = logging.getLogger(__name__)
 

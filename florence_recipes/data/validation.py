@@ -23,7 +23,7 @@ from datasets import Image as ImageFeature
 from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
-from florence_recipes.configs.training import BAD_SAMPLE_POLICIES
+from florence_recipes.configs.choices import BAD_SAMPLE_POLICIES
 from florence_recipes.errors import RecipeError, first_line
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 from transformers import PreTrainedModel, ProcessorMixin
 from transformers.utils.peft_utils import find_adapter_config_file
 
-from florence_recipes.configs.training import ModelArguments
+from florence_recipes.configs.model import ModelArguments
 from florence_recipes.data.images import to_rgb
 from florence_recipes.data.tasks import DOCVQA_PROMPT
 from florence_recipes.errors import RecipeError, first_line

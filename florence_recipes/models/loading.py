@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 from transformers.models.florence2.modeling_florence2 import Florence2DropPath
 
-from florence_recipes.configs.training import ModelArguments
+from florence_recipes.configs.model import ModelArguments
 from florence_recipes.errors import RecipeError, first_line
 from florence_recipes.models.legacy import resolve_legacy
 

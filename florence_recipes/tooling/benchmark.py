@@ -49,13 +49,10 @@ from transformers import AutoModelForImageTextToText, PrinterCallback, TrainerCa
 
 from florence_recipes.builders.datasets import write_synthetic_docvqa
 from florence_recipes.builders.model import build_random_florence2
-from florence_recipes.configs.training import (
-    TRAINING_MODES,
-    ModelArguments,
-    cpu_bf16_wanted,
-    cpu_has_native_bf16,
-    parse_recipe_args,
-)
+from florence_recipes.configs.choices import TRAINING_MODES
+from florence_recipes.configs.model import ModelArguments
+from florence_recipes.configs.parser import parse_recipe_args
+from florence_recipes.configs.training import cpu_bf16_wanted, cpu_has_native_bf16
 from florence_recipes.data.loading import column_values, data_sources, load_task_split
 from florence_recipes.data.tasks import get_task
 from florence_recipes.errors import RecipeError

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForImageTextToText
 
-from florence_recipes.configs.training import ModelArguments
+from florence_recipes.configs.model import ModelArguments
 from florence_recipes.errors import RecipeError, first_line
 from florence_recipes.models.loading import apply_training_mode, load_model, load_processor
 from florence_recipes.tooling.benchmark import (

@@ -46,7 +46,9 @@ from florence_recipes.builders.model import (
 from florence_recipes.tooling.benchmark import CUDA_PEAK_TFLOPS, count_flops
 
 if TYPE_CHECKING:
-    from florence_recipes.configs.training import DataArguments, FlorenceTrainingArguments, ModelArguments
+    from florence_recipes.configs.data import DataArguments
+    from florence_recipes.configs.model import ModelArguments
+    from florence_recipes.configs.training import FlorenceTrainingArguments
     from florence_recipes.data.loading import DataSource
 
 logger = logging.getLogger(__name__)
