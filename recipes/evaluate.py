@@ -39,7 +39,7 @@ from florence_recipes.builders import build_offline_fixtures
 from florence_recipes.cli import run_recipe, setup_logging
 from florence_recipes.configs.evaluation import reject_training_options
 from florence_recipes.configs.parser import given_options, parse_evaluation_args
-from florence_recipes.data.loading import data_sources, load_eval_dataset
+from florence_recipes.data.sources import data_sources, load_eval_dataset
 from florence_recipes.data.validation import bad_sample_metrics, check_samples
 from florence_recipes.evaluation.records import write_evaluation
 from florence_recipes.evaluation.report import write_comparison_report, write_report

@@ -111,7 +111,7 @@ def standard_features():
 
 def sources_of(task: str = "docvqa", dataset: str = "synthetic"):
     """The `sources` of a one-dataset run of `task`, as `data_sources` gives them to `FlorenceTrainer`."""
-    from florence_recipes.data.loading import DataSource
+    from florence_recipes.data.sources import DataSource
     from florence_recipes.data.tasks import get_task
 
     return [DataSource(get_task(task), dataset, None, "train", "validation", name=task)]

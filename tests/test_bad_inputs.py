@@ -25,7 +25,7 @@ from PIL import Image
 
 from florence_recipes.configs.parser import parse_recipe_args
 from florence_recipes.data.images import to_rgb
-from florence_recipes.data.loading import data_sources, load_train_dataset
+from florence_recipes.data.sources import data_sources, load_train_dataset
 from florence_recipes.data.validation import (
     as_text_list,
     bad_sample_metrics,

@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO_ROOT, run_recipe_subprocess
 
 from florence_recipes.configs.parser import parse_recipe_args
-from florence_recipes.data.loading import data_sources
+from florence_recipes.data.sources import data_sources
 from florence_recipes.training.budget import (
     KNOWN_SPLITS,
     MODEL_FLOPS,

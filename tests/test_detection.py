@@ -12,14 +12,10 @@ import torch
 from PIL import Image
 from transformers import AddedToken, AutoProcessor, EvalPrediction
 
+from florence_recipes.data.boxes import format_detection_target, quantize_boxes
 from florence_recipes.data.images import image_size
 from florence_recipes.errors import RecipeError
-from florence_recipes.evaluation.detection import (
-    format_detection_target,
-    mean_average_precision,
-    parse_boxes,
-    quantize_boxes,
-)
+from florence_recipes.evaluation.detection import mean_average_precision, parse_boxes
 from florence_recipes.evaluation.scoring import BoxScorer
 
 SIZES = [(256, 256), (640, 480), (333, 1000), (4000, 3000)]

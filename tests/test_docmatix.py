@@ -15,7 +15,7 @@ from florence_recipes.builders.docmatix import write_synthetic_docmatix
 from florence_recipes.configs.data import DataArguments
 from florence_recipes.configs.parser import parse_recipe_args
 from florence_recipes.configs.training import FlorenceTrainingArguments
-from florence_recipes.data.loading import data_sources, load_train_dataset
+from florence_recipes.data.sources import data_sources, load_train_dataset
 from florence_recipes.errors import RecipeError
 
 

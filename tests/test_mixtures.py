@@ -20,7 +20,7 @@ from florence_recipes.builders.datasets import (
 from florence_recipes.configs.data import DataArguments
 from florence_recipes.configs.parser import parse_recipe_args
 from florence_recipes.configs.training import FlorenceTrainingArguments
-from florence_recipes.data.loading import data_sources, load_eval_dataset, load_train_dataset, mix_datasets
+from florence_recipes.data.sources import data_sources, load_eval_dataset, load_train_dataset, mix_datasets
 from florence_recipes.errors import RecipeError
 from florence_recipes.evaluation.scoring import build_scorer
 

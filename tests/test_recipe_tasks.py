@@ -16,7 +16,7 @@ from conftest import REPO_ROOT, run_recipe_subprocess
 from PIL import Image
 
 from florence_recipes.configs.parser import parse_recipe_args
-from florence_recipes.data.loading import data_sources
+from florence_recipes.data.sources import data_sources
 
 MIXTURE_SMOKE = REPO_ROOT / "recipes" / "cauldron" / "cauldron_mixture_smoke.yaml"
 CUSTOM = REPO_ROOT / "recipes" / "custom"

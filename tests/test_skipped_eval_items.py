@@ -15,8 +15,8 @@ from conftest import REPO_ROOT, sources_of, standard_features
 from datasets import Dataset, Image, load_dataset
 from PIL import Image as PILImage
 
+from florence_recipes.data.boxes import format_detection_target
 from florence_recipes.data.validation import check_samples
-from florence_recipes.evaluation.detection import format_detection_target
 from florence_recipes.evaluation.report import write_report
 from florence_recipes.evaluation.scoring import build_scorer
 

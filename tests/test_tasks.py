@@ -17,17 +17,11 @@ from florence_recipes.builders.datasets import (
     write_synthetic_detection,
     write_synthetic_vqa_jsonl,
 )
+from florence_recipes.data.boxes import format_detection_target
+from florence_recipes.data.hub_tasks import CAULDRON_FAMILIES, CAULDRON_SUBSET_METRICS, cauldron_metric_table
 from florence_recipes.data.loading import ROW_FEATURES, load_task_split
-from florence_recipes.data.tasks import (
-    CAULDRON_FAMILIES,
-    CAULDRON_SUBSET_METRICS,
-    STANDARD_COLUMNS,
-    TASKS,
-    cauldron_metric_table,
-    get_task,
-)
+from florence_recipes.data.tasks import STANDARD_COLUMNS, TASKS, get_task
 from florence_recipes.errors import RecipeError
-from florence_recipes.evaluation.detection import format_detection_target
 from florence_recipes.evaluation.metrics import ITEM_METRICS
 
 # The 50 configs of HuggingFaceM4/the_cauldron.

@@ -19,7 +19,8 @@ from datasets import Dataset, Image
 from transformers import EvalPrediction, PreTrainedTokenizerBase, ProcessorMixin
 
 from florence_recipes.data.images import image_size
-from florence_recipes.data.loading import DataSource, column_values
+from florence_recipes.data.loading import column_values
+from florence_recipes.data.sources import DataSource
 from florence_recipes.data.validation import DroppedItem
 from florence_recipes.errors import RecipeError
 from florence_recipes.evaluation.detection import MAP_KEYS, Boxes, mean_average_precision, parse_boxes

@@ -19,8 +19,8 @@ from transformers import PreTrainedModel, ProcessorMixin
 from transformers.utils.peft_utils import find_adapter_config_file
 
 from florence_recipes.configs.model import ModelArguments
+from florence_recipes.data.hub_tasks import DOCVQA_PROMPT
 from florence_recipes.data.images import to_rgb
-from florence_recipes.data.tasks import DOCVQA_PROMPT
 from florence_recipes.errors import RecipeError, first_line
 from florence_recipes.evaluation.scoring import decode_texts
 from florence_recipes.models.legacy import resolve_legacy_adapter

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from florence_recipes.data.tasks import DOCVQA_PROMPT, TASKS, Task
+from florence_recipes.data.hub_tasks import DOCVQA_PROMPT
+from florence_recipes.data.tasks import TASKS, Task
 from florence_recipes.errors import RecipeError, first_line
 
 logger = logging.getLogger(__name__)

@@ -53,7 +53,8 @@ from florence_recipes.configs.choices import TRAINING_MODES
 from florence_recipes.configs.model import ModelArguments
 from florence_recipes.configs.parser import parse_recipe_args
 from florence_recipes.configs.training import cpu_bf16_wanted, cpu_has_native_bf16
-from florence_recipes.data.loading import column_values, data_sources, load_task_split
+from florence_recipes.data.loading import column_values, load_task_split
+from florence_recipes.data.sources import data_sources
 from florence_recipes.data.tasks import get_task
 from florence_recipes.errors import RecipeError
 from florence_recipes.models.loading import (

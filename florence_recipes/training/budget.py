@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from florence_recipes.configs.data import DataArguments
     from florence_recipes.configs.model import ModelArguments
     from florence_recipes.configs.training import FlorenceTrainingArguments
-    from florence_recipes.data.loading import DataSource
+    from florence_recipes.data.sources import DataSource
 
 logger = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def _counted_examples(
     sources: list[DataSource], data_args: DataArguments, seed: int
 ) -> tuple[int, str] | None:
     """Read local sources and count their training examples (what the run will load); None for Hub ids."""
-    from florence_recipes.data.loading import load_train_dataset
+    from florence_recipes.data.sources import load_train_dataset
 
     if not all(Path(source.dataset).expanduser().exists() for source in sources):
         return None

@@ -23,7 +23,7 @@ from florence_recipes.configs.data import DataArguments
 from florence_recipes.configs.evaluation import EvaluationArguments
 from florence_recipes.configs.model import ModelArguments
 from florence_recipes.configs.training import FlorenceTrainingArguments
-from florence_recipes.data.loading import DataSource
+from florence_recipes.data.sources import DataSource
 from florence_recipes.data.validation import DroppedItem
 from florence_recipes.evaluation.records import build_records, dropped_record, summarize
 from florence_recipes.evaluation.scoring import TextScorer

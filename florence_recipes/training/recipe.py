@@ -15,7 +15,7 @@ from florence_recipes.builders import build_offline_fixtures
 from florence_recipes.builders.visual_qa import offline_result_note
 from florence_recipes.cli import setup_logging
 from florence_recipes.configs.parser import parse_recipe_args
-from florence_recipes.data.loading import data_sources, load_eval_dataset, load_train_dataset
+from florence_recipes.data.sources import data_sources, load_eval_dataset, load_train_dataset
 from florence_recipes.data.validation import bad_sample_metrics, check_samples, count_truncated_targets
 from florence_recipes.models.loading import (
     apply_training_mode,

@@ -28,7 +28,8 @@ from transformers.trainer_utils import EvalLoopOutput
 
 from florence_recipes.configs.training import FlorenceTrainingArguments
 from florence_recipes.data.collator import Florence2Collator
-from florence_recipes.data.loading import DataSource, column_values
+from florence_recipes.data.loading import column_values
+from florence_recipes.data.sources import DataSource
 from florence_recipes.data.validation import DroppedItem
 from florence_recipes.errors import RecipeError
 from florence_recipes.evaluation.scoring import Scorer, build_scorer
