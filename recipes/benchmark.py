@@ -18,13 +18,8 @@ from pathlib import Path
 
 from florence_recipes.cli import run_recipe, setup_logging
 from florence_recipes.configs.choices import TRAINING_MODES
-from florence_recipes.tooling.benchmark import (
-    ABLATIONS,
-    MODEL_SIZES,
-    BenchmarkSettings,
-    format_table,
-    run_benchmark,
-)
+from florence_recipes.tooling.benchmark import format_table, run_benchmark
+from florence_recipes.tooling.benchmark_paths import ABLATIONS, MODEL_SIZES, BenchmarkSettings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

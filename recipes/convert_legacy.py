@@ -17,7 +17,8 @@ from pathlib import Path
 from florence_recipes.cli import run_recipe
 from florence_recipes.configs.parser import RecipeArgumentParser
 from florence_recipes.errors import RecipeError
-from florence_recipes.models.legacy import convert_legacy_checkpoint, convert_lora_adapter, local_snapshot
+from florence_recipes.models.legacy import convert_legacy_checkpoint, local_snapshot
+from florence_recipes.models.legacy_lora import convert_lora_adapter
 
 
 @dataclass

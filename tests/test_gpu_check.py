@@ -24,17 +24,16 @@ from florence_recipes.data.collator import Florence2Collator
 from florence_recipes.errors import RecipeError
 from florence_recipes.models.loading import load_model
 from florence_recipes.tooling import gpu_check
-from florence_recipes.tooling.benchmark import (
+from florence_recipes.tooling.benchmark import amortised_train_ratio
+from florence_recipes.tooling.benchmark_paths import BenchmarkSettings, prepare_data
+from florence_recipes.tooling.gpu_check import CheckPlan, SkipCheck, largest_fitting_batch, run_isolated
+from florence_recipes.tooling.memory import (
     GIB,
     USABLE_FRACTION,
-    BenchmarkSettings,
     MemoryEstimate,
-    amortised_train_ratio,
     estimate_training_memory,
-    prepare_data,
     resolve_batch_size,
 )
-from florence_recipes.tooling.gpu_check import CheckPlan, SkipCheck, largest_fitting_batch, run_isolated
 
 
 # 169 s on a quiet 2-core machine (13 checks; the three accelerate launches of the distributed checks are 98 s of

@@ -22,27 +22,22 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoProcessor, Florence2ForConditionalGeneration
 
 from florence_recipes.builders.legacy_model import build_legacy_florence2, write_legacy_florence2
-from florence_recipes.builders.model import (
-    BART_VOCAB_SIZE,
-    FLORENCE_TOKENS,
-    RELEASED_VOCAB_SIZE,
-    build_config,
-    build_processor,
-    build_random_florence2,
-    padded_vocab_size,
-)
+from florence_recipes.builders.model import build_config, build_processor, build_random_florence2
 from florence_recipes.configs.model import ModelArguments
 from florence_recipes.data.loading import load_task_split
 from florence_recipes.data.tasks import get_task
 from florence_recipes.errors import RecipeError
+from florence_recipes.models.florence2 import (
+    BART_VOCAB_SIZE,
+    FLORENCE_TOKENS,
+    RELEASED_VOCAB_SIZE,
+    padded_vocab_size,
+)
 from florence_recipes.models.inference import load_for_inference
-from florence_recipes.models.legacy import (
-    CONVERTED_MARKER,
+from florence_recipes.models.legacy import CONVERTED_MARKER, cache_root, is_legacy_config, native_checkpoint
+from florence_recipes.models.legacy_weights import (
     NATIVE_TIED,
-    cache_root,
     convert_state_dict,
-    is_legacy_config,
-    native_checkpoint,
     to_legacy_key,
     to_legacy_state_dict,
     to_native_key,

@@ -101,7 +101,7 @@ def write_legacy_florence2(native_dir: str | Path, out_dir: str | Path, weights_
     writes `model.safetensors` without the tied aliases, as fine-tunes saved by the Trainer do.
     """
     # Imported here: florence_recipes.legacy imports the builders package (for the tokenizer layout).
-    from florence_recipes.models.legacy import NATIVE_TIED, to_legacy_key, to_legacy_state_dict
+    from florence_recipes.models.legacy_weights import NATIVE_TIED, to_legacy_key, to_legacy_state_dict
 
     native_dir, out_dir = Path(native_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -6,17 +6,24 @@ normalisation and tokenisation happen off the training loop's process, unlike th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from transformers import BatchEncoding, ProcessorMixin
 
 from florence_recipes.data.images import image_groups, to_rgb
 from florence_recipes.errors import RecipeError
-from florence_recipes.training.speed import ImageFeatureCache
 
 IGNORE_INDEX = -100  # positions the cross-entropy loss skips
+
+
+class FeatureLookup(Protocol):
+    """What the collator needs of a feature cache (`florence_recipes.training.speed.ImageFeatureCache`): each
+    question's image features, by the rows' `image_id`."""
+
+    def lookup(self, image_ids: Sequence[str]) -> torch.Tensor: ...
 
 
 @dataclass
@@ -27,7 +34,7 @@ class Florence2Collator:
     trained on its padding). The model builds `decoder_input_ids` itself by shifting the labels right
     behind `decoder_start_token_id` (</s>, BART's convention), which is what generation starts from too.
 
-    Two layouts of the speed switches (see `florence_recipes.speed`), both keyed by the rows' `image_id`:
+    Two layouts of the speed switches (see `florence_recipes.training.speed`), both keyed by the rows' `image_id`:
     `dedup_images` (training and evaluation batches) emits `pixel_values` once per unique image plus
     `image_index` (question -> its image's position in `pixel_values`). Rows without an `image` column (the
     training set once `FlorenceTrainer` has cached its features) get each question's cached `image_features`
@@ -38,7 +45,7 @@ class Florence2Collator:
     processor: ProcessorMixin
     max_target_length: int = 128
     dedup_images: bool = False
-    feature_cache: ImageFeatureCache | None = None
+    feature_cache: FeatureLookup | None = None
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         prompts = [f["prompt"] for f in features]

@@ -31,7 +31,6 @@ from florence_recipes.data.tasks import SourceContext, Task
 from florence_recipes.errors import RecipeError, first_line
 
 if TYPE_CHECKING:
-
     pass
 
 logger = logging.getLogger(__name__)

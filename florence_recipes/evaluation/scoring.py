@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 from datasets import Dataset, Image
-from transformers import EvalPrediction, PreTrainedTokenizerBase, ProcessorMixin
+from transformers import EvalPrediction, ProcessorMixin
 
 from florence_recipes.data.images import image_size
 from florence_recipes.data.loading import column_values
@@ -25,6 +25,7 @@ from florence_recipes.data.validation import DroppedItem
 from florence_recipes.errors import RecipeError
 from florence_recipes.evaluation.detection import MAP_KEYS, Boxes, mean_average_precision, parse_boxes
 from florence_recipes.evaluation.metrics import check_metric_names, mean, score_items
+from florence_recipes.models.inference import decode_texts
 
 IGNORE_INDEX = -100  # the Trainer pads generated ids of different lengths with it
 # Mixture-wide eval metrics, defined for any text; each source also gets its own (eval_<source>_<metric>).
@@ -37,11 +38,6 @@ class Scores:
 
     metrics: dict[str, float]
     items: list[dict[str, float] | None]  # None: not scored (no gold answer, or a corpus-level metric)
-
-
-def decode_texts(tokenizer: PreTrainedTokenizerBase, ids: Sequence[Sequence[int]]) -> list[str]:
-    """Plain-text answers of generated ids: what text tasks are scored on, and what predict and the demo show."""
-    return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
 
 class Scorer(ABC):

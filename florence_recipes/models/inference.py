@@ -15,20 +15,24 @@ from typing import Any
 
 import torch
 from PIL import Image, ImageDraw
-from transformers import PreTrainedModel, ProcessorMixin
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
 from transformers.utils.peft_utils import find_adapter_config_file
 
 from florence_recipes.configs.model import ModelArguments
 from florence_recipes.data.hub_tasks import DOCVQA_PROMPT
 from florence_recipes.data.images import to_rgb
 from florence_recipes.errors import RecipeError, first_line
-from florence_recipes.evaluation.scoring import decode_texts
-from florence_recipes.models.legacy import resolve_legacy_adapter
+from florence_recipes.models.legacy_lora import resolve_legacy_adapter
 from florence_recipes.models.loading import load_model, load_processor
 
 logger = logging.getLogger(__name__)
 
 _BOX_COLORS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324")
+
+
+def decode_texts(tokenizer: PreTrainedTokenizerBase, ids: Sequence[Sequence[int]]) -> list[str]:
+    """Plain-text answers of generated ids: what text tasks are scored on, and what predict and the demo show."""
+    return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
 
 def load_for_inference(model_args: ModelArguments) -> tuple[PreTrainedModel, ProcessorMixin]:

@@ -39,23 +39,21 @@ from transformers import AutoModelForImageTextToText
 from florence_recipes.configs.model import ModelArguments
 from florence_recipes.errors import RecipeError, first_line
 from florence_recipes.models.loading import apply_training_mode, load_model, load_processor
-from florence_recipes.tooling.benchmark import (
-    GIB,
+from florence_recipes.tooling.benchmark import amortised_train_ratio
+from florence_recipes.tooling.benchmark_paths import (
     BenchmarkData,
     BenchmarkSettings,
-    amortised_train_ratio,
     blog_eval_rates,
-    device_description,
-    measure_matmul_tflops,
     parse_yaml_value,
     prepare_data,
-    resolve_peak_tflops,
     run_blog_loop,
     run_ours,
 )
 from florence_recipes.tooling.blog_loop import BLOG_LEARNING_RATE, BLOG_NUM_BEAMS
+from florence_recipes.tooling.measure import device_description, measure_matmul_tflops, resolve_peak_tflops
+from florence_recipes.tooling.memory import GIB
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 RECIPES_DIR = REPO_ROOT / "recipes" / "docvqa"
 ACCELERATE_CONFIGS = REPO_ROOT / "accelerate_configs"
 STATUSES = ("ok", "failed", "skipped", "not run")

@@ -35,15 +35,9 @@ import torch
 from transformers import AutoImageProcessor, Florence2Config, Florence2ForConditionalGeneration
 from transformers.integrations import deepspeed as hf_deepspeed
 
-from florence_recipes.builders.model import (
-    ARCHITECTURES,
-    RELEASED_VOCAB_SIZE,
-    build_config,
-    build_processor,
-    image_seq_length,
-    padded_vocab_size,
-)
-from florence_recipes.tooling.benchmark import CUDA_PEAK_TFLOPS, count_flops
+from florence_recipes.builders.model import ARCHITECTURES, build_config, build_processor
+from florence_recipes.models.florence2 import RELEASED_VOCAB_SIZE, image_seq_length, padded_vocab_size
+from florence_recipes.training.flops import CUDA_PEAK_TFLOPS, count_flops
 
 if TYPE_CHECKING:
     from florence_recipes.configs.data import DataArguments
