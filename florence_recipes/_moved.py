@@ -22,7 +22,13 @@ _PACKAGE = "florence_recipes"
 MOVED: dict[str, tuple[str, ...]] = {
     f"{_PACKAGE}.{old}": tuple(f"{_PACKAGE}.{new}" for new in news)
     for old, news in {
-        "benchmark": ("tooling.benchmark", "tooling.benchmark_paths", "tooling.memory", "training.flops"),
+        "benchmark": (
+            "tooling.benchmark",
+            "tooling.benchmark_paths",
+            "tooling.measure",
+            "tooling.memory",
+            "training.flops",
+        ),
         "blog_loop": ("tooling.blog_loop",),
         "budget": ("training.budget",),
         "callbacks": ("training.callbacks",),
@@ -31,7 +37,7 @@ MOVED: dict[str, tuple[str, ...]] = {
         "data": ("data.loading", "data.sources"),
         "detection": ("data.boxes", "evaluation.detection"),
         "evaluation": ("training.evaluate", "evaluation.records", "configs.evaluation", "configs.parser"),
-        "gpu_check": ("tooling.gpu_check", "tooling.gpu_checks"),
+        "gpu_check": ("tooling.gpu_check", "tooling.gpu_checks", "tooling.gpu_plan", "tooling.gpu_probes"),
         "hub": ("training.hub",),
         "images": ("data.images",),
         "inference": ("models.inference",),

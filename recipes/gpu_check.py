@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 
 from florence_recipes.cli import run_recipe, setup_logging
-from florence_recipes.tooling.gpu_check import CHECKS, CheckPlan, format_report, run_checks
+from florence_recipes.tooling.gpu_check import format_report, run_checks
+from florence_recipes.tooling.gpu_checks import CHECKS
+from florence_recipes.tooling.gpu_plan import CheckPlan
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

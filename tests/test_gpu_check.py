@@ -26,7 +26,9 @@ from florence_recipes.models.loading import load_model
 from florence_recipes.tooling import gpu_check
 from florence_recipes.tooling.benchmark import amortised_train_ratio
 from florence_recipes.tooling.benchmark_paths import BenchmarkSettings, prepare_data
-from florence_recipes.tooling.gpu_check import CheckPlan, SkipCheck, largest_fitting_batch, run_isolated
+from florence_recipes.tooling.gpu_check import run_isolated
+from florence_recipes.tooling.gpu_plan import CheckPlan, SkipCheck
+from florence_recipes.tooling.gpu_probes import largest_fitting_batch
 from florence_recipes.tooling.memory import (
     GIB,
     USABLE_FRACTION,
