@@ -13,34 +13,31 @@ whose marker records the same arguments is returned untouched, anything else (mi
 is rebuilt.
 """
 
-import io
 import json
 import os
 import random
-import shutil
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import datasets
-import yaml
-from datasets import Dataset, Features, Image, Value
+from datasets import Features, Image, Value
 from PIL import Image as PILImage
 
-from florence_recipes.builders.documents import (
-    ImageSize,
-    RenderedDocument,
+from florence_recipes.builders.documents import ImageSize, RenderedDocument, render_document
+from florence_recipes.builders.figures import (
     render_bar_chart,
     render_cycle_diagram,
-    render_document,
     render_infographic,
     render_shapes,
 )
-from florence_recipes.builders.model import BUILD_MARKER
-
-# Bump when the generated content changes, so that folders built by an older version get rebuilt.
-_BUILD_VERSION = 1
+from florence_recipes.builders.layout import (
+    build_once,
+    dataset_card,
+    png_bytes,
+    seeded_rng,
+    split_info,
+    write_parquet,
+)
 
 # Schema of HuggingFaceM4/DocumentVQA as declared in its dataset card (ids are int32 there). Lists are
 # written as [feature] rather than List/Sequence, which reads the same in datasets 3.x and >= 4.
@@ -77,124 +74,6 @@ _CAULDRON_SOURCES = {
 _CAULDRON_ROW_PATTERN = ((1, 1), (2, 1), (0, 1), (1, 2), (1, 3), (1, 1), (1, 2), (1, 1))
 
 
-def _rng(seed: int, *parts: str) -> random.Random:
-    """An independent stream per (seed, purpose); str seeds go through sha512, so they do not depend on
-    PYTHONHASHSEED."""
-    return random.Random(":".join([str(seed), *parts]))
-
-
-def _png_bytes(image: PILImage.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _write_parquet(rows: dict[str, list[Any]], features: Features, path: Path) -> dict[str, int]:
-    """Write one shard the way ``push_to_hub`` does (features kept in the parquet's ``huggingface``
-    metadata) and return its split info for the dataset card."""
-    dataset = Dataset.from_dict(rows, features=features)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # One progress bar per tiny shard is noise in smoke runs; restore the caller's setting afterwards.
-    bars_were_disabled = datasets.are_progress_bars_disabled()
-    datasets.disable_progress_bars()
-    try:
-        dataset.to_parquet(str(path))
-    finally:
-        if not bars_were_disabled:
-            datasets.enable_progress_bars()
-    return {"num_bytes": dataset.data.nbytes, "num_examples": dataset.num_rows}
-
-
-def _dataset_card(title: str, body: str, infos: list[dict[str, Any]], configs: list[dict[str, Any]]) -> str:
-    """README.md with the YAML header the Hub writes; ``load_dataset`` reads ``configs`` to find the
-    shards and checks each split's ``num_examples``."""
-    header = {"dataset_info": infos[0] if len(infos) == 1 else infos, "configs": configs}
-    return f"---\n{yaml.safe_dump(header, sort_keys=False)}---\n\n# {title}\n\n{body}\n"
-
-
-def _split_info(
-    features: Features, splits: dict[str, dict[str, int]], sizes: dict[str, int]
-) -> dict[str, Any]:
-    return {
-        "features": features._to_yaml_list(),
-        "splits": [{"name": name, **info} for name, info in splits.items()],
-        "download_size": sum(sizes.values()),
-        "dataset_size": sum(info["num_bytes"] for info in splits.values()),
-    }
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Idempotent builds
-
-
-def _read_marker(folder: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((folder / BUILD_MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-def _build(
-    out_dir: str | os.PathLike[str],
-    builder: str,
-    args: dict[str, Any],
-    outputs: Sequence[str],
-    write: Callable[[Path], None],
-) -> Path:
-    """Run ``write(folder)`` unless ``out_dir`` already holds this exact build.
-
-    ``outputs`` are the top-level names ``write`` creates; only those (and the ones recorded by a previous
-    build's marker) are replaced, so a folder that also holds other files keeps them.
-    """
-    out_dir = Path(out_dir)
-    # Round-trip through JSON so tuples compare equal to the lists read back from the marker.
-    record = json.loads(
-        json.dumps({"builder": builder, "version": _BUILD_VERSION, "args": args, "outputs": sorted(outputs)})
-    )
-    if _read_marker(out_dir) == record:
-        return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # A sibling folder keeps renames on one filesystem; a crash leaves only this hidden folder behind.
-    staging = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex}"
-    staging.mkdir()
-    try:
-        write(staging)
-        (staging / BUILD_MARKER).write_text(json.dumps(record, indent=2) + "\n")
-        try:
-            staging.rename(out_dir)  # atomic when out_dir is missing or empty
-        except OSError:
-            _install(staging, out_dir, record)
-    finally:
-        _remove(staging)
-    return out_dir
-
-
-def _install(staging: Path, out_dir: Path, record: dict[str, Any]) -> None:
-    """Replace a non-empty ``out_dir``'s build outputs with the staged ones, marker last."""
-    previous = _read_marker(out_dir)
-    if previous == record:  # another process finished the same build meanwhile
-        return
-    (out_dir / BUILD_MARKER).unlink(missing_ok=True)  # from here on the folder reads as partial
-    stale = set(record["outputs"])
-    if previous and isinstance(previous.get("outputs"), list):
-        # Only plain names, so a hand-edited marker cannot point outside the folder.
-        stale.update(
-            name for name in previous["outputs"] if isinstance(name, str) and Path(name).name == name
-        )
-    for name in sorted(stale - {"", ".", ".."}):
-        _remove(out_dir / name)
-    for name in record["outputs"]:
-        (staging / name).rename(out_dir / name)
-    (staging / BUILD_MARKER).rename(out_dir / BUILD_MARKER)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # DocVQA
 
@@ -204,18 +83,18 @@ def docvqa_documents(
 ) -> list[RenderedDocument]:
     """The documents behind one split of :func:`write_synthetic_docvqa`, in row order; also what tests use to
     check that the answers are drawn on the page."""
-    rng = _rng(seed, "docvqa-documents", split)
+    rng = seeded_rng(seed, "docvqa-documents", split)
     return [render_document(rng, image_size) for _ in range(num_docs)]
 
 
-def _write_docvqa_split(folder: Path, split: str, rows: dict[str, list[Any]]) -> tuple[dict[str, int], int]:
+def write_docvqa_split(folder: Path, split: str, rows: dict[str, list[Any]]) -> tuple[dict[str, int], int]:
     """``data/{split}-00000-of-00001.parquet`` of a DocumentVQA-layout folder: its split info and file size."""
     path = folder / "data" / f"{split}-00000-of-00001.parquet"
-    info = _write_parquet(rows, DOCVQA_FEATURES, path)
+    info = write_parquet(rows, DOCVQA_FEATURES, path)
     return info, path.stat().st_size
 
 
-def _write_docvqa_card(
+def write_docvqa_card(
     folder: Path, title: str, body: str, splits: dict[str, dict[str, int]], sizes: dict[str, int]
 ) -> None:
     """The README.md of a DocumentVQA-layout folder: one ``default`` config with a ``data/{split}-*`` per split."""
@@ -225,7 +104,7 @@ def _write_docvqa_card(
             "data_files": [{"split": split, "path": f"data/{split}-*"} for split in splits],
         }
     ]
-    card = _dataset_card(title, body, [_split_info(DOCVQA_FEATURES, splits, sizes)], configs)
+    card = dataset_card(title, body, [split_info(DOCVQA_FEATURES, splits, sizes)], configs)
     (folder / "README.md").write_text(card)
 
 
@@ -262,11 +141,11 @@ def write_synthetic_docvqa(
         for split in DOCVQA_SPLITS:
             if doc_counts[split] == 0:
                 continue
-            rng = _rng(seed, "docvqa-questions", split)
+            rng = seeded_rng(seed, "docvqa-questions", split)
             hidden = split == "test"  # the Hub withholds test annotations
             rows: dict[str, list[Any]] = {name: [] for name in DOCVQA_FEATURES}
             for document in docvqa_documents(split, doc_counts[split], image_size, seed):
-                image = {"bytes": _png_bytes(document.image), "path": None}
+                image = {"bytes": png_bytes(document.image), "path": None}
                 ucsf_id = (
                     "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=4)) + f"{rng.randint(0, 9999):04d}"
                 )
@@ -285,15 +164,15 @@ def write_synthetic_docvqa(
                     rows["answers"].append(None if hidden else list(field.answers))
                     question_id += 1
                 doc_id += 1
-            splits[split], sizes[split] = _write_docvqa_split(folder, split, rows)
+            splits[split], sizes[split] = write_docvqa_split(folder, split, rows)
         body = (
             "Synthetic stand-in for `HuggingFaceM4/DocumentVQA` written offline by `florence_recipes.builders`: "
             "same file layout and features, rendered invoices, receipts and forms instead of UCSF documents. "
             "As on the Hub, the test split's `answers` and `question_types` are null."
         )
-        _write_docvqa_card(folder, "Synthetic DocumentVQA", body, splits, sizes)
+        write_docvqa_card(folder, "Synthetic DocumentVQA", body, splits, sizes)
 
-    return _build(out_dir, "write_synthetic_docvqa", args, ["data", "README.md"], write)
+    return build_once(out_dir, "write_synthetic_docvqa", args, ["data", "README.md"], write)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -379,7 +258,7 @@ _CAULDRON_SAMPLERS: dict[str, Callable[[random.Random, ImageSize], _Sample]] = {
 
 
 def _cauldron_rows(subset: str, num_rows: int, image_size: ImageSize, seed: int) -> dict[str, list[Any]]:
-    rng = _rng(seed, "cauldron", subset)
+    rng = seeded_rng(seed, "cauldron", subset)
     sample = _CAULDRON_SAMPLERS[subset]
     source = _CAULDRON_SOURCES[subset]
     rows: dict[str, list[Any]] = {"images": [], "texts": []}
@@ -394,7 +273,7 @@ def _cauldron_rows(subset: str, num_rows: int, image_size: ImageSize, seed: int)
             second, _, second_qa = sample(rng, image_size)
             images = [image, second]
             qa = [(f"Look at the second image. {second_qa[0][0]}", second_qa[0][1])]
-        rows["images"].append([{"bytes": _png_bytes(picture), "path": None} for picture in images])
+        rows["images"].append([{"bytes": png_bytes(picture), "path": None} for picture in images])
         rows["texts"].append(
             [{"user": user, "assistant": answer, "source": source} for user, answer in qa[:num_turns]]
         )
@@ -428,14 +307,14 @@ def write_synthetic_cauldron(
         for subset in subsets:
             path = folder / subset / "train-00000-of-00001.parquet"
             splits = {
-                "train": _write_parquet(
+                "train": write_parquet(
                     _cauldron_rows(subset, rows_per_subset, image_size, seed), CAULDRON_FEATURES, path
                 )
             }
             infos.append(
                 {
                     "config_name": subset,
-                    **_split_info(CAULDRON_FEATURES, splits, {"train": path.stat().st_size}),
+                    **split_info(CAULDRON_FEATURES, splits, {"train": path.stat().st_size}),
                 }
             )
             configs.append(
@@ -445,9 +324,9 @@ def write_synthetic_cauldron(
             "Synthetic stand-in for `HuggingFaceM4/the_cauldron` written offline by `florence_recipes.builders`: "
             f"same layout and features, subsets {', '.join(subsets)}."
         )
-        (folder / "README.md").write_text(_dataset_card("Synthetic The Cauldron", body, infos, configs))
+        (folder / "README.md").write_text(dataset_card("Synthetic The Cauldron", body, infos, configs))
 
-    return _build(out_dir, "write_synthetic_cauldron", args, [*subsets, "README.md"], write)
+    return build_once(out_dir, "write_synthetic_cauldron", args, [*subsets, "README.md"], write)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -464,7 +343,7 @@ def _write_jsonl_dataset(
             for index, (image, fields) in enumerate(examples):
                 example_id = f"{split}-{index:05d}"
                 relative = f"images/{example_id}.png"
-                (folder / relative).write_bytes(_png_bytes(image))
+                (folder / relative).write_bytes(png_bytes(image))
                 jsonl.write(json.dumps({"id": example_id, "image": relative, **fields}) + "\n")
 
 
@@ -483,7 +362,7 @@ def write_synthetic_vqa_jsonl(
     def write(folder: Path) -> None:
         splits: dict[str, list[tuple[PILImage.Image, dict[str, Any]]]] = {}
         for split, count in (("train", num_train), ("validation", num_validation)):
-            rng = _rng(seed, "vqa-jsonl", split)
+            rng = seeded_rng(seed, "vqa-jsonl", split)
             splits[split] = []
             for _ in range(count):
                 document = render_document(rng, image_size)
@@ -496,7 +375,7 @@ def write_synthetic_vqa_jsonl(
                 )
         _write_jsonl_dataset(folder, splits)
 
-    return _build(
+    return build_once(
         out_dir, "write_synthetic_vqa_jsonl", args, ["images", "train.jsonl", "validation.jsonl"], write
     )
 
@@ -516,7 +395,7 @@ def write_synthetic_detection(
     def write(folder: Path) -> None:
         splits: dict[str, list[tuple[PILImage.Image, dict[str, Any]]]] = {}
         for split, count in (("train", num_train), ("validation", num_validation)):
-            rng = _rng(seed, "detection", split)
+            rng = seeded_rng(seed, "detection", split)
             splits[split] = []
             for _ in range(count):
                 shapes = render_shapes(rng, image_size)
@@ -524,6 +403,6 @@ def write_synthetic_detection(
                 splits[split].append((shapes.image, {"objects": objects}))
         _write_jsonl_dataset(folder, splits)
 
-    return _build(
+    return build_once(
         out_dir, "write_synthetic_detection", args, ["images", "train.jsonl", "validation.jsonl"], write
     )

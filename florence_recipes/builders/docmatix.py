@@ -20,16 +20,16 @@ import random
 from pathlib import Path
 from typing import Any
 
-from florence_recipes.builders.datasets import (
-    CAULDRON_FEATURES,
-    _build,
-    _dataset_card,
-    _png_bytes,
-    _rng,
-    _split_info,
-    _write_parquet,
-)
+from florence_recipes.builders.datasets import CAULDRON_FEATURES
 from florence_recipes.builders.documents import ImageSize, RenderedDocument, render_document
+from florence_recipes.builders.layout import (
+    build_once,
+    dataset_card,
+    png_bytes,
+    seeded_rng,
+    split_info,
+    write_parquet,
+)
 
 DOCMATIX_FEATURES = CAULDRON_FEATURES  # images: [Image], texts: [{user, assistant, source}]
 DOCMATIX_CONFIGS = ("images", "zero-shot-exp")
@@ -43,7 +43,7 @@ def _docmatix_rows(
 ) -> dict[str, list[Any]]:
     """Rows reusing a small pool of rendered pages; each row's turns are its own (the `source` names a unique
     PDF key, as Docmatix's turns name their PDFA document), so no two rows have the same texts."""
-    pages = [{"bytes": _png_bytes(document.image), "path": None} for document in documents]
+    pages = [{"bytes": png_bytes(document.image), "path": None} for document in documents]
     rows: dict[str, list[Any]] = {"images": [], "texts": []}
     for index in range(num_rows):
         first = index % len(documents)
@@ -88,7 +88,7 @@ def write_synthetic_docmatix(
     }
 
     def write(folder: Path) -> None:
-        page_rng = _rng(seed, "docmatix-pages")
+        page_rng = seeded_rng(seed, "docmatix-pages")
         documents = [render_document(page_rng, image_size) for _ in range(num_pages)]
         layout = {
             "images": {"train": num_train_rows},
@@ -99,12 +99,12 @@ def write_synthetic_docmatix(
             splits, sizes = {}, {}
             for split, num_rows in split_rows.items():
                 rows = _docmatix_rows(
-                    documents, num_rows, f"{config}-{split}", _rng(seed, "docmatix", config, split)
+                    documents, num_rows, f"{config}-{split}", seeded_rng(seed, "docmatix", config, split)
                 )
                 path = folder / config / f"{split}-00000-of-00001.parquet"
-                splits[split] = _write_parquet(rows, DOCMATIX_FEATURES, path)
+                splits[split] = write_parquet(rows, DOCMATIX_FEATURES, path)
                 sizes[split] = path.stat().st_size
-            infos.append({"config_name": config, **_split_info(DOCMATIX_FEATURES, splits, sizes)})
+            infos.append({"config_name": config, **split_info(DOCMATIX_FEATURES, splits, sizes)})
             configs.append(
                 {
                     "config_name": config,
@@ -116,6 +116,6 @@ def write_synthetic_docmatix(
             "same configs (`images`, `zero-shot-exp`; no `pdf`) and features, rendered invoices, receipts and "
             "forms instead of PDFA pages."
         )
-        (folder / "README.md").write_text(_dataset_card("Synthetic Docmatix", body, infos, configs))
+        (folder / "README.md").write_text(dataset_card("Synthetic Docmatix", body, infos, configs))
 
-    return _build(out_dir, "write_synthetic_docmatix", args, [*DOCMATIX_CONFIGS, "README.md"], write)
+    return build_once(out_dir, "write_synthetic_docmatix", args, [*DOCMATIX_CONFIGS, "README.md"], write)

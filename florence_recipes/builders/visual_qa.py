@@ -42,13 +42,11 @@ from PIL import Image, ImageDraw
 from florence_recipes.builders.datasets import (
     DOCVQA_FEATURES,
     DOCVQA_SPLITS,
-    _build,
-    _png_bytes,
-    _rng,
-    _write_docvqa_card,
-    _write_docvqa_split,
+    write_docvqa_card,
+    write_docvqa_split,
 )
 from florence_recipes.builders.documents import ImageSize
+from florence_recipes.builders.layout import build_once, png_bytes, seeded_rng
 
 # Saturated colours far apart in RGB, and names far apart in edit distance (no partial ANLS credit between
 # them), so a wrong guess scores 0.
@@ -113,7 +111,7 @@ def _scenes(
     seen: set[bytes] = set()
     out: dict[str, list[tuple[Image.Image, Scene]]] = {}
     for split, count in counts.items():
-        rng = _rng(seed, "visual-qa", split)
+        rng = seeded_rng(seed, "visual-qa", split)
         out[split] = []
         while len(out[split]) < count:
             image, scene = render_scene(rng, image_size)
@@ -159,16 +157,16 @@ def write_synthetic_visual_qa(
         splits: dict[str, dict[str, int]] = {}
         sizes: dict[str, int] = {}
         scenes = _scenes({split: n for split, n in counts.items() if n}, image_size, seed)
-        blank = {"bytes": _png_bytes(Image.new("RGB", image_size, BLANK)), "path": None}
+        blank = {"bytes": png_bytes(Image.new("RGB", image_size, BLANK)), "path": None}
         doc_id, question_id = 1000, 50000
         for split in DOCVQA_SPLITS:
             if split not in scenes:
                 continue
-            images = [{"bytes": _png_bytes(image), "path": None} for image, _ in scenes[split]]
+            images = [{"bytes": png_bytes(image), "path": None} for image, _ in scenes[split]]
             if control == "blank":
                 images = [blank] * len(images)
             elif control == "shuffled" and split == "train":
-                _rng(seed, "visual-qa-shuffle").shuffle(images)
+                seeded_rng(seed, "visual-qa-shuffle").shuffle(images)
             hidden = split == "test"
             rows: dict[str, list[Any]] = {name: [] for name in DOCVQA_FEATURES}
             for image, (_, scene) in zip(images, scenes[split], strict=True):
@@ -183,15 +181,15 @@ def write_synthetic_visual_qa(
                     rows["answers"].append(None if hidden else [scene.answer(question_type)])
                     question_id += 1
                 doc_id += 1
-            splits[split], sizes[split] = _write_docvqa_split(folder, split, rows)
+            splits[split], sizes[split] = write_docvqa_split(folder, split, rows)
         body = (
             "Synthetic visual QA in the `HuggingFaceM4/DocumentVQA` layout, written offline by "
             "`florence_recipes.builders.visual_qa`: one coloured shape per image on a background of another "
             f"colour, questions ({', '.join(asked)}), answers only in the pixels. Control: {control or 'none'}."
         )
-        _write_docvqa_card(folder, "Synthetic visual QA", body, splits, sizes)
+        write_docvqa_card(folder, "Synthetic visual QA", body, splits, sizes)
 
-    return _build(out_dir, "write_synthetic_visual_qa", args, ["data", "README.md"], write)
+    return build_once(out_dir, "write_synthetic_visual_qa", args, ["data", "README.md"], write)
 
 
 def visual_qa_kind(folder: str | os.PathLike[str]) -> tuple[bool, str | None]:
