@@ -13,10 +13,11 @@ whose marker records the same arguments is returned untouched, anything else (mi
 is rebuilt.
 """
 
+import itertools
 import json
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,36 @@ def write_docvqa_card(
     (folder / "README.md").write_text(card)
 
 
+def _docvqa_rows(
+    documents: Iterable[RenderedDocument],
+    questions_per_doc: int,
+    rng: random.Random,
+    hidden: bool,
+    doc_ids: Iterator[int],
+    question_ids: Iterator[int],
+) -> dict[str, list[Any]]:
+    """One split's rows in the DocumentVQA schema: up to `questions_per_doc` questions per document, each row
+    repeating the document's image, `docId` and UCSF ids; `hidden`: no answers or question types (test)."""
+    rows: dict[str, list[Any]] = {name: [] for name in DOCVQA_FEATURES}
+    for document in documents:
+        image = {"bytes": png_bytes(document.image), "path": None}
+        ucsf_id = "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=4)) + f"{rng.randint(0, 9999):04d}"
+        page_no, doc_id = str(rng.randint(1, 6)), next(doc_ids)
+        for field in rng.sample(document.fields, min(questions_per_doc, len(document.fields))):
+            question_types = [field.question_type] + (
+                ["form"] if field.question_type == "handwritten" else []
+            )
+            rows["questionId"].append(next(question_ids))
+            rows["question"].append(rng.choice(field.questions))
+            rows["question_types"].append(None if hidden else question_types)
+            rows["image"].append(image)
+            rows["docId"].append(doc_id)
+            rows["ucsf_document_id"].append(ucsf_id)
+            rows["ucsf_document_page_no"].append(page_no)
+            rows["answers"].append(None if hidden else list(field.answers))
+    return rows
+
+
 def write_synthetic_docvqa(
     out_dir: str | os.PathLike[str],
     num_train_docs: int = 16,
@@ -137,33 +168,21 @@ def write_synthetic_docvqa(
     def write(folder: Path) -> None:
         splits: dict[str, dict[str, int]] = {}
         sizes: dict[str, int] = {}
-        doc_id, question_id = 1000, 50000  # unique across splits, like the real ids
+        doc_ids, question_ids = (
+            itertools.count(1000),
+            itertools.count(50000),
+        )  # unique across splits, as on the Hub
         for split in DOCVQA_SPLITS:
             if doc_counts[split] == 0:
                 continue
-            rng = seeded_rng(seed, "docvqa-questions", split)
-            hidden = split == "test"  # the Hub withholds test annotations
-            rows: dict[str, list[Any]] = {name: [] for name in DOCVQA_FEATURES}
-            for document in docvqa_documents(split, doc_counts[split], image_size, seed):
-                image = {"bytes": png_bytes(document.image), "path": None}
-                ucsf_id = (
-                    "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=4)) + f"{rng.randint(0, 9999):04d}"
-                )
-                page_no = str(rng.randint(1, 6))
-                for field in rng.sample(document.fields, min(questions_per_doc, len(document.fields))):
-                    question_types = [field.question_type] + (
-                        ["form"] if field.question_type == "handwritten" else []
-                    )
-                    rows["questionId"].append(question_id)
-                    rows["question"].append(rng.choice(field.questions))
-                    rows["question_types"].append(None if hidden else question_types)
-                    rows["image"].append(image)
-                    rows["docId"].append(doc_id)
-                    rows["ucsf_document_id"].append(ucsf_id)
-                    rows["ucsf_document_page_no"].append(page_no)
-                    rows["answers"].append(None if hidden else list(field.answers))
-                    question_id += 1
-                doc_id += 1
+            rows = _docvqa_rows(
+                docvqa_documents(split, doc_counts[split], image_size, seed),
+                questions_per_doc,
+                seeded_rng(seed, "docvqa-questions", split),
+                split == "test",  # the Hub withholds test annotations
+                doc_ids,
+                question_ids,
+            )
             splits[split], sizes[split] = write_docvqa_split(folder, split, rows)
         body = (
             "Synthetic stand-in for `HuggingFaceM4/DocumentVQA` written offline by `florence_recipes.builders`: "

@@ -4,7 +4,6 @@ takes a ``random.Random`` and returns the image with what it drew, so every ques
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import random
@@ -83,8 +82,6 @@ class RenderedShapes:
     image: Image.Image
     objects: list[ShapeObject]
 
-
-@functools.cache
 
 # ---------------------------------------------------------------------------------------------------------
 # Charts, diagrams, infographics
