@@ -1,6 +1,6 @@
 """Fine-tune Florence-2 on The Cauldron: any subset, or a weighted mixture of subsets and other sources.
 
-This runs the package's one fine-tuning recipe, `florence_recipes.recipe.main` (the same as
+This runs the package's one fine-tuning recipe, `florence_recipes.training.recipe.main` (the same as
 `recipes/docvqa.py`): the YAML's `task:` or `dataset_mixture:` picks the data; collator, Trainer and metrics are
 shared. This script gives these recipes their own name and launch commands.
 
@@ -18,7 +18,7 @@ DocVQA + ChartQA + InfographicVQA by weight, with per-subset metrics (eval_chart
     accelerate launch --config_file accelerate_configs/single_gpu.yaml recipes/cauldron.py \
         --config recipes/cauldron/mixture.yaml
 
-Another subset: `--dataset_config chartqa` (its metric comes from `florence_recipes.tasks.CAULDRON_FAMILIES`).
+Another subset: `--dataset_config chartqa` (its metric comes from `florence_recipes.data.hub_tasks.CAULDRON_FAMILIES`).
 A subset too large to download first: `--streaming true --max_steps 5000 --train_split "train[1000:]"
 --eval_split "train[:1000]"` (streamed splits take row ranges, not percentages).
 """

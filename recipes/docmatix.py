@@ -1,6 +1,6 @@
 """Fine-tune Florence-2 on Docmatix (HuggingFaceM4/Docmatix), streamed, alone or mixed with other sources.
 
-This runs the package's one fine-tuning recipe, `florence_recipes.recipe.main` (the same as
+This runs the package's one fine-tuning recipe, `florence_recipes.training.recipe.main` (the same as
 `recipes/docvqa.py`): the YAML's `task: docmatix` or `dataset_mixture:` picks the data; collator, Trainer and
 metrics are shared. This script gives the Docmatix recipes their own name and launch commands.
 

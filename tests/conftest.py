@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # Before transformers / datasets are imported anywhere: no Hub, and a private HF cache so that neither a
 # user's token nor a stale dataset cache can change what a test sees.
@@ -20,8 +23,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+
+    from florence_recipes.configs.model import ModelArguments
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SMOKE_YAML = REPO_ROOT / "recipes" / "docvqa" / "smoke.yaml"
+SMOKE_YAML = REPO_ROOT / "recipes" / "docvqa" / "smoke_documents.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +44,18 @@ def docvqa_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from florence_recipes.builders.datasets import write_synthetic_docvqa
 
     return write_synthetic_docvqa(tmp_path_factory.mktemp("data") / "synthetic-docvqa")
+
+
+@pytest.fixture
+def dropout_model_dir(tiny_model_dir: Path, tmp_path: Path) -> Path:
+    """The tiny model with dropout and stochastic depth, as Florence-2-base has: resuming must then also
+    restore the RNG state, or the dropout masks after a resume differ."""
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "tiny-dropout")
+    config = json.loads((folder / "config.json").read_text())
+    config["text_config"] |= {"dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.1}
+    config["vision_config"]["drop_path_rate"] = 0.1
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -115,3 +135,19 @@ def sources_of(task: str = "docvqa", dataset: str = "synthetic"):
     from florence_recipes.data.tasks import get_task
 
     return [DataSource(get_task(task), dataset, None, "train", "validation", name=task)]
+
+
+def save_lora_adapter(peft_model: PeftModel, model_args: ModelArguments, folder: Path) -> Path:
+    """Save a `training_mode: lora` folder (adapter + processor, no config.json) whose adapter changes the outputs:
+    LoRA starts as a no-op (B = 0), so B is drawn at random (seeded)."""
+    import torch
+
+    from florence_recipes.models.loading import load_processor
+
+    torch.manual_seed(0)
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.5)
+    peft_model.save_pretrained(folder)
+    load_processor(model_args).save_pretrained(folder)
+    return folder

@@ -332,12 +332,33 @@ def test_dataset_level_problems_fail_in_one_line(
     assert message in str(raised.value) and len(str(raised.value).splitlines()) == 1
 
 
+def test_a_detection_row_whose_image_cannot_be_read_is_named_not_a_traceback(tmp_path: Path) -> None:
+    """Box targets need the image's size: a missing or corrupt image leaves the target empty, and the check names
+    the image's problem (one line under raise, counted under skip) instead of a traceback from PIL."""
+    (tmp_path / "good.png").write_bytes(GOOD)
+    (tmp_path / "corrupt.png").write_bytes(b"not a png")
+    objects = [{"bbox": [1, 1, 5, 5], "label": "box"}]
+    rows = [
+        {"id": "ok", "image": "good.png", "objects": objects},
+        {"id": "corrupt", "image": "corrupt.png", "objects": objects},
+        {"id": "gone", "image": "gone.png", "objects": objects},
+    ]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
+    loaded = load_train_rows(tmp_path, "--task", "detection")
+    with pytest.raises(RecipeError) as raised:
+        check_samples(loaded, "raise", "train split")
+    assert "bad sample id='corrupt'" in str(raised.value) and "image_unreadable" in str(raised.value)
+    assert len(str(raised.value).splitlines()) == 1
+    kept, bad = check_samples(loaded, "skip", "train split")
+    assert list(kept["id"]) == ["ok"] and bad == Counter(image_unreadable=1, image_missing=1)
+
+
 # --- the real recipe ------------------------------------------------------------------------------------
 
 
 def _recipe_args(dataset: Path | str, tiny_model_dir: Path, output_dir: Path, *extra: str) -> list[str]:
     return [
-        "--config", str(REPO_ROOT / "recipes" / "docvqa" / "smoke.yaml"),
+        "--config", str(REPO_ROOT / "recipes" / "docvqa" / "smoke_documents.yaml"),
         "--model_name_or_path", str(tiny_model_dir), "--dataset_name", str(dataset),
         "--build_offline_fixtures", "false", "--output_dir", str(output_dir),
         "--max_steps", "2", "--eval_strategy", "no", "--save_strategy", "no", "--dataloader_num_workers", "0",

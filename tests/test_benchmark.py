@@ -21,7 +21,7 @@ from florence_recipes.data.loading import column_values, load_task_split
 from florence_recipes.data.tasks import get_task
 from florence_recipes.errors import RecipeError
 from florence_recipes.models.loading import load_model, set_generation_length
-from florence_recipes.tooling.benchmark_paths import BatchRecordingTrainer
+from florence_recipes.tooling.benchmark_ours import BatchRecordingTrainer
 from florence_recipes.tooling.measure import count_step_flops, run_in_fresh_process
 from florence_recipes.training.flops import count_flops
 from florence_recipes.training.speed import length_sorted_order, restore_dataset_order

@@ -500,7 +500,7 @@ def test_legacy_checkpoint_evaluates_as_baseline_predicts_and_serves_in_the_demo
 def test_legacy_checkpoint_trains(tmp_path: Path, legacy_dirs: dict[str, Path], docvqa_dir: Path) -> None:
     """`accelerate launch recipes/docvqa.py --model_name_or_path <original layout>` fine-tunes and saves natively."""
     train = run_recipe_subprocess(
-        "docvqa.py", "--config", "recipes/docvqa/smoke.yaml", "--model_name_or_path", str(legacy_dirs["bin"]),
+        "docvqa.py", "--config", "recipes/docvqa/smoke_documents.yaml", "--model_name_or_path", str(legacy_dirs["bin"]),
         "--dataset_name", str(docvqa_dir), "--output_dir", str(tmp_path / "trained"), "--num_train_epochs", "1",
         "--max_train_samples", "8", "--max_eval_samples", "4", "--dataloader_num_workers", "0",
     )  # fmt: skip

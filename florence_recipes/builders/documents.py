@@ -267,45 +267,67 @@ def render_document(
     scale = image_size[0] / 384
     image = Image.new("RGB", image_size, "white")
     page = _Page(image, margin=round(rng.randint(16, 30) * scale), ink=rng.choice(_INKS))
-    fields: list[DocField] = []
+    fields = [_draw_title(rng, page, kind, scale)]
+    key_values, body_font, line_height = _draw_key_values(rng, page, kind, scale)
+    fields += key_values
+    if kind == "form":
+        if rng.random() < 0.6:
+            fields += _draw_free_text(rng, page, body_font, line_height, scale)
+        if rng.random() < 0.7:
+            fields.extend(_draw_signature(rng, page, body_font, line_height, scale))
+    else:
+        fields.extend(_draw_item_table(rng, page, body_font, line_height, scale))
+    return RenderedDocument(image=image, kind=kind, fields=fields)
 
-    titles = {
-        "invoice": ("INVOICE", "TAX INVOICE"),
-        "receipt": ("RECEIPT", "SALES RECEIPT", "CASH RECEIPT"),
-        "form": ("ORDER FORM", "REQUEST FORM", "APPLICATION FORM", "EXPENSE REPORT"),
-    }
-    title = rng.choice(titles[kind])
+
+_TITLES = {
+    "invoice": ("INVOICE", "TAX INVOICE"),
+    "receipt": ("RECEIPT", "SALES RECEIPT", "CASH RECEIPT"),
+    "form": ("ORDER FORM", "REQUEST FORM", "APPLICATION FORM", "EXPENSE REPORT"),
+}
+# Every document of a kind has its required keys, plus one to three optional ones.
+_REQUIRED_KEYS = {
+    "invoice": ["Invoice No", "Date", "Company"],
+    "receipt": ["Company", "Date"],
+    "form": ["Name", "Date"],
+}
+_OPTIONAL_KEYS = {
+    "invoice": ["Name", "Account No", "Phone", "City", "Order No"],
+    "receipt": ["Phone", "City", "Order No", "Name"],
+    "form": ["Company", "Department", "Phone", "Account No", "City", "Amount"],
+}
+
+
+def _draw_title(rng: random.Random, page: _Page, kind: str, scale: float) -> DocField:
+    """The title, left or centred, maybe on a grey band and over a rule."""
+    title = rng.choice(_TITLES[kind])
     title_font = fitted_font(title, page.width, round(rng.randint(26, 32) * scale))
     title_width = title_font.getlength(title)
     title_x = page.margin if rng.random() < 0.5 else page.margin + (page.width - title_width) / 2
     title_height = title_font.size + round(6 * scale)
     if rng.random() < 0.4:  # grey header band, common on printed forms
-        page.draw.rectangle((0, 0, image.width, page.y + title_height + 4 * scale), fill="#e4e4e4")
+        page.draw.rectangle((0, 0, page.image.width, page.y + title_height + 4 * scale), fill="#e4e4e4")
     page.text(title_x, title, title_font)
-    questions = ("What is the title of the document?", "What is written at the top of the document?")
-    fields.append(DocField("Title", title, "layout", questions, (title,)))
     page.y += title_height + round(rng.randint(8, 16) * scale)
     if rng.random() < 0.5:
-        page.draw.line(
-            (page.margin, page.y - 6 * scale, image.width - page.margin, page.y - 6 * scale), fill=page.ink
-        )
+        rule_y = page.y - 6 * scale
+        page.draw.line((page.margin, rule_y, page.image.width - page.margin, rule_y), fill=page.ink)
+    questions = ("What is the title of the document?", "What is written at the top of the document?")
+    return DocField("Title", title, "layout", questions, (title,))
 
-    required = {
-        "invoice": ["Invoice No", "Date", "Company"],
-        "receipt": ["Company", "Date"],
-        "form": ["Name", "Date"],
-    }
-    optional = {
-        "invoice": ["Name", "Account No", "Phone", "City", "Order No"],
-        "receipt": ["Phone", "City", "Order No", "Name"],
-        "form": ["Company", "Department", "Phone", "Account No", "City", "Amount"],
-    }
-    keys = required[kind] + rng.sample(optional[kind], rng.randint(1, 3))
+
+def _draw_key_values(
+    rng: random.Random, page: _Page, kind: str, scale: float
+) -> tuple[list[DocField], ImageFont.FreeTypeFont, int]:
+    """`Key: value` lines in shuffled order, values in a column or right after their key; also the body font
+    and line height the rest of the page uses."""
+    keys = _REQUIRED_KEYS[kind] + rng.sample(_OPTIONAL_KEYS[kind], rng.randint(1, 3))
     rng.shuffle(keys)
     body_font = font(round(rng.randint(17, 20) * scale))
     line_height = body_font.size + round(rng.randint(8, 13) * scale)
     value_x = page.margin + max(body_font.getlength(f"{key}:") for key in keys) + 12 * scale
     columns = rng.random() < 0.5  # values aligned in a column, or right after their key
+    fields = []
     for key in keys:
         field = _form_field(rng, key)
         line = f"{key}: {field.value}"
@@ -313,29 +335,29 @@ def render_document(
         line_font = fitted_font(line, page.width, body_font.size, min_size=body_font.size - 4)
         if not page.fits(line_height) or line_font.getlength(line) > page.width:
             continue
-        if columns and value_x + body_font.getlength(field.value) <= image.width - page.margin:
+        if columns and value_x + body_font.getlength(field.value) <= page.image.width - page.margin:
             page.text(page.margin, f"{key}:", body_font)
             page.text(value_x, field.value, body_font)
         else:
             page.text(page.margin, line, line_font)
         fields.append(field)
         page.y += line_height
+    return fields, body_font, line_height
 
-    if kind == "form":
-        if rng.random() < 0.6:
-            field, tokens = _free_text_field(rng)
-            lines = wrap_words(tokens, body_font, page.width)
-            if page.fits(line_height * len(lines)):
-                page.y += round(6 * scale)
-                for line in lines:
-                    page.text(page.margin, line.replace(" .", "."), body_font)
-                    page.y += line_height
-                fields.append(field)
-        if rng.random() < 0.7:
-            fields.extend(_draw_signature(rng, page, body_font, line_height, scale))
-    else:
-        fields.extend(_draw_item_table(rng, page, body_font, line_height, scale))
-    return RenderedDocument(image=image, kind=kind, fields=fields)
+
+def _draw_free_text(
+    rng: random.Random, page: _Page, body_font: ImageFont.FreeTypeFont, line_height: int, scale: float
+) -> list[DocField]:
+    """A wrapped sentence holding one answer (a form's free-text field), if it fits."""
+    field, tokens = _free_text_field(rng)
+    lines = wrap_words(tokens, body_font, page.width)
+    if not page.fits(line_height * len(lines)):
+        return []
+    page.y += round(6 * scale)
+    for line in lines:
+        page.text(page.margin, line.replace(" .", "."), body_font)
+        page.y += line_height
+    return [field]
 
 
 def _draw_item_table(

@@ -122,6 +122,48 @@ def _scenes(
     return out
 
 
+def _write_scenes(
+    folder: Path,
+    scenes: dict[str, list[tuple[Image.Image, Scene]]],
+    asked: dict[str, str],
+    image_size: ImageSize,
+    seed: int,
+    control: str | None,
+) -> None:
+    """The DocumentVQA-layout splits and card: one row per (image, asked question)."""
+    splits: dict[str, dict[str, int]] = {}
+    sizes: dict[str, int] = {}
+    blank = {"bytes": png_bytes(Image.new("RGB", image_size, BLANK)), "path": None}
+    doc_id, question_id = 1000, 50000
+    for split in (split for split in DOCVQA_SPLITS if split in scenes):
+        images = [{"bytes": png_bytes(image), "path": None} for image, _ in scenes[split]]
+        if control == "blank":
+            images = [blank] * len(images)
+        elif control == "shuffled" and split == "train":
+            seeded_rng(seed, "visual-qa-shuffle").shuffle(images)
+        hidden = split == "test"
+        rows: dict[str, list[Any]] = {name: [] for name in DOCVQA_FEATURES}
+        for image, (_, scene) in zip(images, scenes[split], strict=True):
+            for question_type, question in asked.items():
+                rows["questionId"].append(question_id)
+                rows["question"].append(question)
+                rows["question_types"].append(None if hidden else [question_type])
+                rows["image"].append(image)
+                rows["docId"].append(doc_id)
+                rows["ucsf_document_id"].append(f"shape{doc_id:05d}")
+                rows["ucsf_document_page_no"].append("1")
+                rows["answers"].append(None if hidden else [scene.answer(question_type)])
+                question_id += 1
+            doc_id += 1
+        splits[split], sizes[split] = write_docvqa_split(folder, split, rows)
+    body = (
+        "Synthetic visual QA in the `HuggingFaceM4/DocumentVQA` layout, written offline by "
+        "`florence_recipes.builders.visual_qa`: one coloured shape per image on a background of another "
+        f"colour, questions ({', '.join(asked)}), answers only in the pixels. Control: {control or 'none'}."
+    )
+    write_docvqa_card(folder, "Synthetic visual QA", body, splits, sizes)
+
+
 def write_synthetic_visual_qa(
     out_dir: str | os.PathLike[str],
     num_train_images: int = 1200,
@@ -154,51 +196,25 @@ def write_synthetic_visual_qa(
     args |= {"seed": seed, "control": control, "questions": list(asked)}
 
     def write(folder: Path) -> None:
-        splits: dict[str, dict[str, int]] = {}
-        sizes: dict[str, int] = {}
         scenes = _scenes({split: n for split, n in counts.items() if n}, image_size, seed)
-        blank = {"bytes": png_bytes(Image.new("RGB", image_size, BLANK)), "path": None}
-        doc_id, question_id = 1000, 50000
-        for split in DOCVQA_SPLITS:
-            if split not in scenes:
-                continue
-            images = [{"bytes": png_bytes(image), "path": None} for image, _ in scenes[split]]
-            if control == "blank":
-                images = [blank] * len(images)
-            elif control == "shuffled" and split == "train":
-                seeded_rng(seed, "visual-qa-shuffle").shuffle(images)
-            hidden = split == "test"
-            rows: dict[str, list[Any]] = {name: [] for name in DOCVQA_FEATURES}
-            for image, (_, scene) in zip(images, scenes[split], strict=True):
-                for question_type, question in asked.items():
-                    rows["questionId"].append(question_id)
-                    rows["question"].append(question)
-                    rows["question_types"].append(None if hidden else [question_type])
-                    rows["image"].append(image)
-                    rows["docId"].append(doc_id)
-                    rows["ucsf_document_id"].append(f"shape{doc_id:05d}")
-                    rows["ucsf_document_page_no"].append("1")
-                    rows["answers"].append(None if hidden else [scene.answer(question_type)])
-                    question_id += 1
-                doc_id += 1
-            splits[split], sizes[split] = write_docvqa_split(folder, split, rows)
-        body = (
-            "Synthetic visual QA in the `HuggingFaceM4/DocumentVQA` layout, written offline by "
-            "`florence_recipes.builders.visual_qa`: one coloured shape per image on a background of another "
-            f"colour, questions ({', '.join(asked)}), answers only in the pixels. Control: {control or 'none'}."
-        )
-        write_docvqa_card(folder, "Synthetic visual QA", body, splits, sizes)
+        _write_scenes(folder, scenes, asked, image_size, seed, control)
 
     return build_once(out_dir, "write_synthetic_visual_qa", args, ["data", "README.md"], write)
 
 
-def visual_qa_kind(folder: str | os.PathLike[str]) -> tuple[bool, str | None]:
-    """Whether a dataset folder name asks for this set (it contains ``visual-qa``), and which control
-    (``...-blank`` / ``...-shuffled``); how ``build_offline_fixtures`` picks it for ``task: docvqa``."""
+def visual_qa_options(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The set a dataset folder's name asks for, as keyword arguments of :func:`write_synthetic_visual_qa`; None
+    when the name does not contain ``visual-qa``. How ``build_offline_fixtures`` picks it for ``task: docvqa``:
+    ``visual-qa`` is the default set, a question name after it keeps only the named questions
+    (``visual-qa-background``: the background's colour alone, what the smoke recipe learns in a minute), and
+    ``-blank`` / ``-shuffled`` at the end ask for that control."""
     name = Path(folder).name.lower()
     if "visual-qa" not in name:
-        return False, None
-    return True, next((control for control in CONTROLS if name.endswith(f"-{control}")), None)
+        return None
+    words = name.split("visual-qa", 1)[1].split("-")
+    questions = [word for word in words if word in QUESTIONS]
+    control = next((control for control in CONTROLS if name.endswith(f"-{control}")), None)
+    return {"control": control, "questions": tuple(questions) or DEFAULT_QUESTIONS}
 
 
 def image_blind_baseline(questions: Sequence[str], answers: Sequence[Sequence[str]]) -> float:
@@ -264,6 +280,7 @@ def dataset_most_frequent_answer_baseline(
     )
 
 
+SMOKE_COMMAND = "accelerate launch recipes/docvqa.py --config recipes/docvqa/smoke.yaml"
 LEARN_COMMAND = "accelerate launch recipes/docvqa.py --config recipes/docvqa/learn_tiny.yaml"
 
 
@@ -271,7 +288,7 @@ def offline_result_note(dataset_dir: str | os.PathLike[str], eval_anls: float) -
     """The last line of a run on offline fixtures: what its eval_anls means. On this visual-QA set, the
     image-blind baseline it must beat; on the other synthetic sets (a few memorisable documents), that the
     number checks the pipeline, not learning, and which command shows learning."""
-    if visual_qa_kind(dataset_dir)[0]:
+    if visual_qa_options(dataset_dir) is not None:
         try:
             most_frequent = dataset_most_frequent_answer_baseline(dataset_dir)
             best = dataset_image_blind_baseline(dataset_dir)
@@ -284,7 +301,8 @@ def offline_result_note(dataset_dir: str | os.PathLike[str], eval_anls: float) -
         )
     return (
         f"eval_anls {eval_anls:.4f} checks the pipeline (random tiny model, a few synthetic documents), not "
-        f"learning; the held-out check of learning from pixels (about 10 min on 2 CPU cores): {LEARN_COMMAND}"
+        f"learning; held-out checks of learning from pixels: {SMOKE_COMMAND} (about a minute on 2 CPU cores), "
+        f"{LEARN_COMMAND} (three questions, about 10 min)"
     )
 
 

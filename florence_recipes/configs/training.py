@@ -7,6 +7,7 @@ import importlib.util
 import json
 import logging
 import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,10 @@ class FlorenceTrainingArguments(Seq2SeqTrainingArguments):
         group_by_image, dedup_vision, feature_cache, feature_cache_dir, group_eval_by_length, cpu_bf16
     > Parameters that control the optimisation
         vision_learning_rate, nonfinite_loss_patience
+    > Parameters that control pre-emption
+        save_on_signal
+    > Parameters that control what the final evaluation leaves on disk
+        eval_report
     > Parameters that control the budget printed before training
         budget_only, budget_world_size, budget_mfu
     """
@@ -154,6 +159,26 @@ class FlorenceTrainingArguments(Seq2SeqTrainingArguments):
         },
     )
 
+    # Parameters that control pre-emption
+    save_on_signal: str = field(
+        default="SIGTERM,SIGUSR1",
+        metadata={
+            "help": "Default SIGTERM,SIGUSR1 (what Kubernetes and Slurm send before they stop a job). Comma-"
+            "separated signals that make training save a full checkpoint at the end of the current optimizer "
+            "step and exit with code 75 (docs/faults.md); none: die at once, as transformers does."
+        },
+    )
+
+    # Parameters that control what the final evaluation leaves on disk
+    eval_report: bool = field(
+        default=True,
+        metadata={
+            "help": "Default: true (no transformers equivalent). After the final evaluation, write "
+            "<output_dir>/eval/: predictions.jsonl, metrics.json, submission.json and report.html (worst "
+            "examples first, with thumbnails), from the predictions that evaluation already generated."
+        },
+    )
+
     # Parameters that control the budget printed before training
     budget_only: bool = field(
         default=False,
@@ -211,6 +236,7 @@ class FlorenceTrainingArguments(Seq2SeqTrainingArguments):
             raise ValueError(f"vision_learning_rate must be > 0, got {self.vision_learning_rate}")
         if self.nonfinite_loss_patience < 0:
             raise ValueError(f"nonfinite_loss_patience must be >= 0, got {self.nonfinite_loss_patience}")
+        self.save_on_signal = ",".join(save_signal_names(self.save_on_signal))
         if self.group_eval_by_length and self.batch_eval_metrics:
             raise ValueError(
                 "group_eval_by_length needs batch_eval_metrics=false (metrics need the whole set)"
@@ -256,6 +282,22 @@ class FlorenceTrainingArguments(Seq2SeqTrainingArguments):
         state = self.__dict__.copy()
         state.update({name: None for name in state if name.endswith("_token")})
         return state
+
+
+def save_signal_names(option: str) -> list[str]:
+    """The signal names of a `save_on_signal` value ("SIGTERM,usr1" -> ["SIGTERM", "SIGUSR1"]; "none" -> [])."""
+    if option.strip().lower() in ("", "none"):
+        return []
+    names = []
+    for word in option.split(","):
+        name = word.strip().upper()
+        name = name if name.startswith("SIG") else f"SIG{name}"
+        if name not in signal.Signals.__members__ or name in ("SIGKILL", "SIGSTOP"):
+            raise ValueError(
+                f"save_on_signal: {word.strip()!r} is not a signal a process can catch (e.g. SIGTERM,SIGUSR1, or none)"
+            )
+        names.append(name)
+    return list(dict.fromkeys(names))
 
 
 def runs_on_cpu(use_cpu: bool) -> bool:

@@ -91,7 +91,13 @@ def _convert_boxes(
     targets = []
     for row_id, image, objects in zip(ids, batch["image"], batch["objects"], strict=True):
         boxes, labels = _object_lists(objects)
-        targets.append(format_detection_target(boxes, labels, image_size(image), f"{context.name} {row_id}"))
+        try:
+            size = image_size(image)
+        except (OSError, ValueError, AttributeError, TypeError, KeyError):
+            # Missing or unreadable: no target can be placed, and the bad-sample check names the image's problem.
+            targets.append("")
+            continue
+        targets.append(format_detection_target(boxes, labels, size, f"{context.name} {row_id}"))
     if caption_column is None:
         prompts = [prompt] * len(ids)
     else:

@@ -42,7 +42,7 @@ BAD_SAMPLE_REASONS = {
 }
 # datasets fingerprints a module-level function by its name, not its code: bump this when the checks change
 # so that cached verdicts from older checks are not reused.
-_CHECKS_VERSION = 1
+_CHECKS_VERSION = 2
 _CHECK_COLUMNS = ("image", "prompt", "target", "answers")
 
 
@@ -134,11 +134,12 @@ def _check_batch(
     reasons, details = [], []
     for image, prompt, target, answers in zip(*(batch[c] for c in _CHECK_COLUMNS), strict=True):
         problem = text_problem(prompt, target, answers, require_answer)
-        if problem is None:
+        # A box target needs its image's size, so an unreadable image leaves it empty: name the image's problem.
+        if problem is None or problem[0] == "missing_answer":
             key = (image.get("path"), image.get("bytes")) if image else (None, None)
             if key not in verdicts:
                 verdicts[key] = image_problem(image)
-            problem = verdicts[key]
+            problem = verdicts[key] or problem
         reason, detail = problem or ("", "")
         reasons.append(reason)
         details.append(detail)
@@ -180,7 +181,6 @@ def check_samples(
     )
     reasons = list(verdicts["bad_reason"])
     bad = [i for i, reason in enumerate(reasons) if reason]
-    counts = Counter(reasons[i] for i in bad)
     if not bad:
         return dataset, BadSamples()
     if policy == "raise":
@@ -191,6 +191,14 @@ def check_samples(
             f"({verdicts[first]['bad_detail']}); fix the data, or set on_bad_sample: skip to drop and count "
             f"such samples ({len(bad)} bad of {len(reasons)})"
         )
+    dropped = _dropped_items(dataset, bad, reasons, where)
+    bad_set = set(bad)
+    kept = dataset.select([i for i in range(len(reasons)) if i not in bad_set])
+    return kept, BadSamples(Counter(reasons[i] for i in bad), dropped)
+
+
+def _dropped_items(dataset: Dataset, bad: list[int], reasons: list[str], where: str) -> list[DroppedItem]:
+    """The skipped rows (an evaluation still counts them), with one warning per reason naming the first ids."""
     rows = dataset.select_columns(["id", "source", "prompt", "answers"]).select(bad).to_list()
     dropped = [
         DroppedItem(row["id"], row["source"], reasons[index], row["prompt"] or "", row["answers"], index)
@@ -199,19 +207,17 @@ def check_samples(
     examples: dict[str, list[str]] = defaultdict(list)
     for item in dropped:
         examples[item.reason].append(item.id)
-    for reason, count in sorted(counts.items()):
-        shown = ", ".join(examples[reason][:5]) + (", ..." if count > 5 else "")
+    for reason, ids in sorted(examples.items()):
+        shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
         logger.warning(
             "%s: skipped %d sample(s) with %s (%s): ids %s",
             where,
-            count,
+            len(ids),
             reason,
             BAD_SAMPLE_REASONS[reason],
             shown,
         )
-    bad_set = set(bad)
-    kept = dataset.select([i for i in range(len(reasons)) if i not in bad_set])
-    return kept, BadSamples(counts, dropped)
+    return dropped
 
 
 def bad_sample_metrics(counts: Counter[str], prefix: str) -> dict[str, int]:

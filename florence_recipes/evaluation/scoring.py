@@ -25,7 +25,7 @@ from florence_recipes.data.validation import DroppedItem
 from florence_recipes.errors import RecipeError
 from florence_recipes.evaluation.detection import MAP_KEYS, Boxes, mean_average_precision, parse_boxes
 from florence_recipes.evaluation.metrics import check_metric_names, mean, score_items
-from florence_recipes.models.inference import decode_texts
+from florence_recipes.models.outputs import decode_texts
 
 IGNORE_INDEX = -100  # the Trainer pads generated ids of different lengths with it
 # Mixture-wide eval metrics, defined for any text; each source also gets its own (eval_<source>_<metric>).
@@ -58,6 +58,9 @@ class Scorer(ABC):
         self.processor = processor
         self.num_items = num_items
         self.sources = None if sources is None else list(sources)
+        self.last: tuple[list[str], list[dict[str, float] | None]] | None = (
+            None  # the last call's texts, items
+        )
 
     def decode(self, predictions: Any) -> list[str]:
         """Generated ids (as the Trainer returns them: maybe a tuple, padded with -100) -> one text per item."""
@@ -82,7 +85,10 @@ class Scorer(ABC):
         return Scores(metrics, items)
 
     def __call__(self, eval_pred: EvalPrediction) -> dict[str, float]:
-        return self.score(self.decode(eval_pred.predictions)).metrics
+        texts = self.decode(eval_pred.predictions)
+        scores = self.score(texts)
+        self.last = (texts, scores.items)  # the files of the final evaluation are written from these
+        return scores.metrics
 
     @abstractmethod
     def _decode(self, ids: list[list[int]]) -> list[str]: ...

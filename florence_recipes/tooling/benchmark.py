@@ -20,17 +20,18 @@ import dataclasses
 import datetime
 import os
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from florence_recipes.tooling.benchmark_ours import run_ours
 from florence_recipes.tooling.benchmark_paths import (
     ABLATIONS,
     BenchmarkSettings,
     parse_yaml_value,
     prepare_data,
     run_blog_loop,
-    run_ours,
 )
 from florence_recipes.tooling.blog_loop import BLOG_NUM_BEAMS
 from florence_recipes.tooling.measure import device_description, resolve_peak_tflops, run_in_fresh_process
@@ -51,6 +52,38 @@ def _memory_estimates(
     available = available_memory(device)
     probe = prepare_data(dataclasses.replace(settings, batch_size=1, steps=1, loader_batches=1), 1)
     return estimate_training_memory(probe, settings.mode, device, settings.recipe_config()), available
+
+
+def _run_ablations(
+    settings: BenchmarkSettings,
+    data: Any,
+    device: torch.device,
+    peak_tflops: float,
+    output_dir: Path,
+    ours: dict[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """Our path again without each `--ablate` optimisation (one process each): its rate and ours / it."""
+    ablations = {}
+    for name in settings.ablate:
+        if all(ours["settings"][key] == value for key, value in ABLATIONS[name].items()):
+            continue  # already off in our path for this mode: nothing to compare
+        variant = run_in_fresh_process(
+            f"our path without {name} at batch {settings.batch_size}",
+            run_ours,
+            settings,
+            data,
+            device,
+            peak_tflops,
+            output_dir / f"without-{name}",
+            ABLATIONS[name],
+            (),
+        )
+        ablations[name] = {
+            "changes": ABLATIONS[name],
+            "train_samples_per_s": variant["train_samples_per_s"],
+            "ours_speedup": ours["train_samples_per_s"] / variant["train_samples_per_s"],
+        }
+    return ablations
 
 
 def run_benchmark(settings: BenchmarkSettings, command: str = "") -> dict[str, Any]:
@@ -83,26 +116,7 @@ def run_benchmark(settings: BenchmarkSettings, command: str = "") -> dict[str, A
         ours_beams,
     )
     blog = run_in_fresh_process(f"the blog loop {batch}", run_blog_loop, settings, data, device, peak_tflops)
-    ablations = {}
-    for name in settings.ablate:
-        if all(ours["settings"][key] == value for key, value in ABLATIONS[name].items()):
-            continue  # already off in our path for this mode: nothing to compare
-        variant = run_in_fresh_process(
-            f"our path without {name} {batch}",
-            run_ours,
-            settings,
-            data,
-            device,
-            peak_tflops,
-            output_dir / f"without-{name}",
-            ABLATIONS[name],
-            (),
-        )
-        ablations[name] = {
-            "changes": ABLATIONS[name],
-            "train_samples_per_s": variant["train_samples_per_s"],
-            "ours_speedup": ours["train_samples_per_s"] / variant["train_samples_per_s"],
-        }
+    ablations = _run_ablations(settings, data, device, peak_tflops, output_dir, ours)
     per_step_ratio = ours["train_samples_per_s"] / blog["train_samples_per_s"]
     return {
         "device": device_description(device),
@@ -144,13 +158,51 @@ def _ratio(ours: float | None, blog: float | None) -> str:
     return f"{ours / blog:.2f}x" if ours and blog else "-"
 
 
+def _row(name: str, blog_value: str, ours_value: str, ratio: str = "-") -> str:
+    return f"| {name} | {blog_value} | {ours_value} | {ratio} |"
+
+
+def _extra_rows(result: dict[str, Any]) -> list[str]:
+    """Rows that only some runs have: the feature cache, the memory estimate, the ablations."""
+    ours = result["ours"]
+    lines: list[str] = []
+    if "cache_build_seconds" in ours:
+        rate = ours["cache_images"] / ours["cache_build_seconds"]
+        lines.append(_row("feature cache build", "-", f"{ours['cache_images']} images, {rate:.3g} images/s"))
+        lines.append(
+            _row(
+                f"train time for {ours['num_train_epochs']:g} epochs, cache build included",
+                "-",
+                "-",
+                f"{result['train_ratio']:.2f}x",
+            )
+        )
+    if "memory_estimate_gib" in result:
+        estimate = result["memory_estimate_gib"]
+        lines.append(
+            _row(
+                f"memory estimated before loading (GiB; {result['memory_available_gib']:.1f} free)",
+                f"{estimate['seed']:.2f}",
+                f"{estimate['ours']:.2f}",
+            )
+        )
+    for name, ablation in result["ablations"].items():
+        changes = ", ".join(f"{k}={v}" for k, v in ablation["changes"].items())
+        lines.append(
+            _row(
+                f"ours without {name} ({changes}): train samples/s",
+                "-",
+                f"{ablation['train_samples_per_s']:.3g}",
+                f"ours / variant: {ablation['ours_speedup']:.2f}x",
+            )
+        )
+    return lines
+
+
 def format_table(result: dict[str, Any]) -> str:
     """The benchmark as markdown: a header naming device, date and command, then ours vs the blog loop."""
     ours, blog, settings = result["ours"], result["seed"], result["settings"]
     gib = 1024**3
-
-    def row(name: str, blog_value: str, ours_value: str, ratio: str = "-") -> str:
-        return f"| {name} | {blog_value} | {ours_value} | {ratio} |"
 
     lines = [
         f"Florence-2-{settings['model_size']} (random weights), `{settings['mode']}`, batch {settings['batch_size']}, "
@@ -162,11 +214,11 @@ def format_table(result: dict[str, Any]) -> str:
         "",
         "| metric | blog loop | ours (recipe) | ours / blog |",
         "|---|---|---|---|",
-        row("precision", blog["precision"], ours["precision"]),
+        _row("precision", blog["precision"], ours["precision"]),
     ]
 
     def measured(name: str, key: str, fmt: str, scale: float = 1.0) -> str:
-        return row(
+        return _row(
             name,
             format(blog[key] / scale, fmt),
             format(ours[key] / scale, fmt),
@@ -177,43 +229,14 @@ def format_table(result: dict[str, Any]) -> str:
         measured("train samples/s", "train_samples_per_s", ".3g"),
         measured("train tokens/s", "train_tokens_per_s", ".4g"),
         measured("TFLOP per step (counted, mean of the timed steps)", "flops_per_step", ".3g", 1e12),
-        row("MFU", f"{blog['mfu']:.1%}", f"{ours['mfu']:.1%}"),
+        _row("MFU", f"{blog['mfu']:.1%}", f"{ours['mfu']:.1%}"),
         measured("peak memory (GiB)", "peak_memory_bytes", ".2f", gib),
         measured("data loader samples/s", "loader_samples_per_s", ".3g"),
         measured(f"eval samples/s ({BLOG_NUM_BEAMS} beams each)", "eval_samples_per_s", ".3g"),
-        row("eval generation", blog["eval_generation"], ours["eval_generation"]),
+        _row("eval generation", blog["eval_generation"], ours["eval_generation"]),
     ]
     for beams, rate in ours.get("eval_samples_per_s_by_beams", {}).items():
         if int(beams) != BLOG_NUM_BEAMS:
-            lines.append(row(f"eval samples/s, ours at {beams} beam(s) (the YAML's)", "-", f"{rate:.3g}"))
-    if "cache_build_seconds" in ours:
-        rate = ours["cache_images"] / ours["cache_build_seconds"]
-        lines.append(row("feature cache build", "-", f"{ours['cache_images']} images, {rate:.3g} images/s"))
-        lines.append(
-            row(
-                f"train time for {ours['num_train_epochs']:g} epochs, cache build included",
-                "-",
-                "-",
-                f"{result['train_ratio']:.2f}x",
-            )
-        )
-    if "memory_estimate_gib" in result:
-        estimate = result["memory_estimate_gib"]
-        lines.append(
-            row(
-                f"memory estimated before loading (GiB; {result['memory_available_gib']:.1f} free)",
-                f"{estimate['seed']:.2f}",
-                f"{estimate['ours']:.2f}",
-            )
-        )
-    for name, ablation in result["ablations"].items():
-        changes = ", ".join(f"{k}={v}" for k, v in ablation["changes"].items())
-        lines.append(
-            row(
-                f"ours without {name} ({changes}): train samples/s",
-                "-",
-                f"{ablation['train_samples_per_s']:.3g}",
-                f"ours / variant: {ablation['ours_speedup']:.2f}x",
-            )
-        )
+            lines.append(_row(f"eval samples/s, ours at {beams} beam(s) (the YAML's)", "-", f"{rate:.3g}"))
+    lines += _extra_rows(result)
     return "\n".join(lines)

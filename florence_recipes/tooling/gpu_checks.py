@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,7 +19,8 @@ from florence_recipes.configs.model import ModelArguments
 from florence_recipes.errors import RecipeError
 from florence_recipes.models.loading import load_processor
 from florence_recipes.tooling.benchmark import amortised_train_ratio
-from florence_recipes.tooling.benchmark_paths import blog_eval_rates, run_blog_loop, run_ours
+from florence_recipes.tooling.benchmark_ours import run_ours
+from florence_recipes.tooling.benchmark_paths import blog_eval_rates, run_blog_loop
 from florence_recipes.tooling.blog_loop import BLOG_NUM_BEAMS
 from florence_recipes.tooling.gpu_plan import ACCELERATE_CONFIGS, REPO_ROOT, CheckPlan, SkipCheck, yaml_for
 from florence_recipes.tooling.gpu_probes import (
@@ -192,36 +194,57 @@ def check_torch_compile(plan: CheckPlan, earlier: dict[str, Any]) -> dict[str, A
     }
 
 
+def _launch_command(
+    plan: CheckPlan, accelerate_config: str, data: Any, output_dir: Path, steps: int
+) -> list[str]:
+    """`accelerate launch` of the DocVQA recipe under `accelerate_config`: `steps` steps, one checkpoint."""
+    launcher = [
+        sys.executable, "-m", "accelerate.commands.launch", "--quiet",
+        "--config_file", str(ACCELERATE_CONFIGS / accelerate_config),
+        "--num_processes", "1", "--num_machines", "1", "--main_process_port", str(_free_port()),
+    ]  # fmt: skip
+    recipe = [
+        "--config", str(yaml_for("base", "full")), "--model_name_or_path", str(data.model_dir),
+        "--dataset_name", str(data.data_dir), "--output_dir", str(output_dir), "--overwrite_output_dir", "true",
+        "--max_steps", str(steps), "--save_strategy", "steps", "--save_steps", str(steps),
+        "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1", "--do_eval", "false",
+        "--eval_strategy", "no", "--load_best_model_at_end", "false", "--logging_steps", "1",
+        "--dataloader_num_workers", "0", "--report_to", "none", "--push_to_hub", "false",
+    ]  # fmt: skip
+    if plan.dry_run:
+        # The CPU stand-in: gloo instead of NCCL, fp32 (the accelerate config's bf16 needs a GPU here).
+        launcher += ["--mixed_precision", "no"]
+        recipe += ["--bf16", "false"]
+        if "deepspeed" in accelerate_config:
+            recipe += ["--ddp_backend", "gloo"]
+    return [*launcher, str(REPO_ROOT / "recipes" / "docvqa.py"), *recipe]
+
+
+def _reloaded_loss(output_dir: Path, row: dict[str, Any]) -> float:
+    """Reload the final model as a user would; it must be whole and compute a finite loss on `row`."""
+    model, info = AutoModelForImageTextToText.from_pretrained(output_dir, output_loading_info=True)
+    missing = info["missing_keys"]
+    if missing:
+        raise RecipeError(f"reloaded model misses {len(missing)} weights, e.g. {sorted(missing)[0]}")
+    processor = load_processor(ModelArguments(model_name_or_path=str(output_dir)))
+    inputs = processor(text=[row["prompt"]], images=[row["image"]], return_tensors="pt")
+    labels = processor.tokenizer([row["target"]], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        loss = model(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"], labels=labels).loss
+    if not torch.isfinite(loss):
+        raise RecipeError(f"reloaded model gives a non-finite loss ({loss.item()})")
+    return loss.item()
+
+
 def _check_distributed(accelerate_config: str) -> Callable[[CheckPlan, dict[str, Any]], dict[str, Any]]:
     def check(plan: CheckPlan, earlier: dict[str, Any]) -> dict[str, Any]:
-        settings = plan.benchmark_settings("base", "full", batch_size=2)
-        data = data_for(plan, settings)
+        data = data_for(plan, plan.benchmark_settings("base", "full", batch_size=2))
         output_dir = run_dir(plan, accelerate_config.removesuffix(".yaml"))
         steps = 3
-        launcher = [
-            sys.executable, "-m", "accelerate.commands.launch", "--quiet",
-            "--config_file", str(ACCELERATE_CONFIGS / accelerate_config),
-            "--num_processes", "1", "--num_machines", "1", "--main_process_port", str(_free_port()),
-        ]  # fmt: skip
-        recipe = [
-            "--config", str(yaml_for("base", "full")), "--model_name_or_path", str(data.model_dir),
-            "--dataset_name", str(data.data_dir), "--output_dir", str(output_dir), "--overwrite_output_dir", "true",
-            "--max_steps", str(steps), "--save_strategy", "steps", "--save_steps", str(steps),
-            "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1", "--do_eval", "false",
-            "--eval_strategy", "no", "--load_best_model_at_end", "false", "--logging_steps", "1",
-            "--dataloader_num_workers", "0", "--report_to", "none", "--push_to_hub", "false",
-        ]  # fmt: skip
-        if plan.dry_run:
-            # The CPU stand-in: gloo instead of NCCL, fp32 (the accelerate config's bf16 needs a GPU here).
-            launcher += ["--mixed_precision", "no"]
-            recipe += ["--bf16", "false"]
-            if "deepspeed" in accelerate_config:
-                recipe += ["--ddp_backend", "gloo"]
-        command = [*launcher, str(REPO_ROOT / "recipes" / "docvqa.py"), *recipe]
         start = time.perf_counter()
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         completed = subprocess.run(
-            command, cwd=REPO_ROOT, capture_output=True, text=True, check=False, env=env,
+            _launch_command(plan, accelerate_config, data, output_dir, steps), cwd=REPO_ROOT,
+            capture_output=True, text=True, check=False, env={**os.environ, "HF_HUB_OFFLINE": "1"},
             timeout=plan.check_timeout(accelerate_config) - 5,
         )  # fmt: skip
         train_seconds = time.perf_counter() - start
@@ -235,28 +258,14 @@ def _check_distributed(accelerate_config: str) -> Callable[[CheckPlan, dict[str,
         checkpoint = output_dir / f"checkpoint-{steps}"
         if not checkpoint.is_dir():
             raise RecipeError(f"no {checkpoint.name} saved in {output_dir}")
-        # Reload the final model as a user would, and check it is whole and computes a finite loss.
-        model, info = AutoModelForImageTextToText.from_pretrained(output_dir, output_loading_info=True)
-        missing = info["missing_keys"]
-        if missing:
-            raise RecipeError(f"reloaded model misses {len(missing)} weights, e.g. {sorted(missing)[0]}")
-        processor = load_processor(ModelArguments(model_name_or_path=str(output_dir)))
-        row = data.train_rows[0]
-        inputs = processor(text=[row["prompt"]], images=[row["image"]], return_tensors="pt")
-        labels = processor.tokenizer([row["target"]], return_tensors="pt")["input_ids"]
-        with torch.no_grad():
-            loss = model(
-                input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"], labels=labels
-            ).loss
-        if not torch.isfinite(loss):
-            raise RecipeError(f"reloaded model gives a non-finite loss ({loss.item()})")
+        loss = _reloaded_loss(output_dir, data.train_rows[0])
         backend = "gloo, CPU" if plan.dry_run else "NCCL, CUDA"
         return {
             "steps": steps,
             "launch_seconds": train_seconds,
-            "reloaded_loss": loss.item(),
+            "reloaded_loss": loss,
             "summary": f"1 process ({backend}): {steps} steps, {checkpoint.name} saved, final model reloaded "
-            f"(loss {loss.item():.3g}) in {train_seconds:.0f} s",
+            f"(loss {loss:.3g}) in {train_seconds:.0f} s",
         }
 
     check.__doc__ = f"One process under accelerate_configs/{accelerate_config}: train, save, reload."

@@ -80,6 +80,18 @@ def largest_fitting_batch(fits: Callable[[int], bool], start: int, limit: int) -
     return low, False
 
 
+def _probe_batch(model_args: ModelArguments, data: BenchmarkData) -> dict[str, torch.Tensor]:
+    """Up to 4 processed training rows (input ids, pixels, -100-masked labels), for the probe to tile."""
+    processor = load_processor(model_args)
+    rows = data.train_rows.select(range(min(4, len(data.train_rows))))
+    inputs = processor(
+        text=list(rows["prompt"]), images=list(rows["image"]), return_tensors="pt", padding=True
+    )
+    labels = processor.tokenizer(list(rows["target"]), return_tensors="pt", padding=True)["input_ids"]
+    labels[labels == processor.tokenizer.pad_token_id] = -100
+    return {"input_ids": inputs["input_ids"], "pixel_values": inputs["pixel_values"], "labels": labels}
+
+
 def training_step_probe(
     plan: CheckPlan, data: BenchmarkData, size: str, mode: str, blog: bool
 ) -> Callable[[int], bool]:
@@ -100,14 +112,7 @@ def training_step_probe(
         attn_implementation="sdpa" if blog else recipe["attn_implementation"] or "sdpa",
     )
     device = plan.device
-    processor = load_processor(model_args)
-    rows = data.train_rows.select(range(min(4, len(data.train_rows))))
-    inputs = processor(
-        text=list(rows["prompt"]), images=list(rows["image"]), return_tensors="pt", padding=True
-    )
-    labels = processor.tokenizer(list(rows["target"]), return_tensors="pt", padding=True)["input_ids"]
-    labels[labels == processor.tokenizer.pad_token_id] = -100
-    base = {"input_ids": inputs["input_ids"], "pixel_values": inputs["pixel_values"], "labels": labels}
+    base = _probe_batch(model_args, data)
     model = apply_training_mode(load_model(model_args), model_args).to(device)
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -120,7 +125,7 @@ def training_step_probe(
     use_bf16 = not blog and bool(recipe["bf16"]) and (device.type == "cuda" or not plan.dry_run)
 
     def fits(batch: int) -> bool:
-        repeats = -(-batch // len(rows))
+        repeats = -(-batch // len(base["labels"]))
         tensors = {
             key: value.repeat(repeats, *([1] * (value.dim() - 1)))[:batch].to(device)
             for key, value in base.items()

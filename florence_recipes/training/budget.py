@@ -262,6 +262,27 @@ class Budget:
         ]
 
 
+def _epoch_samples(
+    sources: list[DataSource], data_args: DataArguments, seed: int
+) -> tuple[float | None, float, str]:
+    """(samples per epoch or None, questions per image, where the count comes from): the known splits' sizes,
+    else a count of the map-style dataset's rows."""
+    known = [_known_examples(source, data_args.max_train_samples) for source in sources]
+    if all(k is not None for k in known):
+        samples_per_epoch = sum(k[0] for k in known)
+        per_image = sum(k[0] * k[1] for k in known) / samples_per_epoch if samples_per_epoch else 1.0
+        samples_source = "; ".join(dict.fromkeys(k[2] for k in known))
+        if data_args.streaming and any(s.image_fraction < 1 or s.turn_fraction < 1 for s in sources):
+            samples_source += "; expected value of the seeded image/turn fractions"
+        if data_args.multi_image_policy == "skip" and any(s.task.image_column == "images" for s in sources):
+            samples_source += "; an upper bound: rows with several images are skipped (multi_image_policy)"
+        return samples_per_epoch, per_image, samples_source
+    counted = None if data_args.streaming else _counted_examples(sources, data_args, seed)
+    if counted is not None:
+        return counted[0], 1.0, counted[1]
+    return None, 1.0, "unknown: not in florence_recipes.budget.KNOWN_SPLITS"
+
+
 def compute_budget(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -273,21 +294,7 @@ def compute_budget(
         training_args.per_device_train_batch_size * world_size * training_args.gradient_accumulation_steps
     )
     streamed = data_args.streaming
-    known = [_known_examples(source, data_args.max_train_samples) for source in sources]
-    per_image, samples_source = 1.0, "unknown: not in florence_recipes.budget.KNOWN_SPLITS"
-    samples_per_epoch: float | None = None
-    if all(k is not None for k in known):
-        samples_per_epoch = sum(k[0] for k in known)
-        per_image = sum(k[0] * k[1] for k in known) / samples_per_epoch if samples_per_epoch else 1.0
-        samples_source = "; ".join(dict.fromkeys(k[2] for k in known))
-        if streamed and any(source.image_fraction < 1 or source.turn_fraction < 1 for source in sources):
-            samples_source += "; expected value of the seeded image/turn fractions"
-        if data_args.multi_image_policy == "skip" and any(s.task.image_column == "images" for s in sources):
-            samples_source += "; an upper bound: rows with several images are skipped (multi_image_policy)"
-    elif not streamed:
-        counted = _counted_examples(sources, data_args, training_args.seed)
-        if counted is not None:
-            samples_per_epoch, samples_source = counted
+    samples_per_epoch, per_image, samples_source = _epoch_samples(sources, data_args, training_args.seed)
     if training_args.max_steps > 0:
         steps: int | None = training_args.max_steps
         samples_seen: float | None = steps * global_batch

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from datasets import Dataset
@@ -25,7 +26,8 @@ from florence_recipes.configs.model import ModelArguments
 from florence_recipes.configs.training import FlorenceTrainingArguments
 from florence_recipes.data.sources import DataSource
 from florence_recipes.data.validation import DroppedItem
-from florence_recipes.evaluation.records import build_records, dropped_record, summarize
+from florence_recipes.evaluation.records import build_records, dropped_record, summarize, write_evaluation
+from florence_recipes.evaluation.report import write_report
 from florence_recipes.evaluation.scoring import TextScorer
 from florence_recipes.models.inference import load_for_inference
 from florence_recipes.models.loading import set_generation_length
@@ -93,6 +95,21 @@ def evaluate_model(
         eval_dropped=list(dropped),
     )
     texts, items, trainer_metrics = trainer.predict_items(metric_key_prefix="eval")
+    return _evaluation(
+        trainer, model_args.model_name_or_path, dataset, texts, items, trainer_metrics, dropped
+    )
+
+
+def _evaluation(
+    trainer: FlorenceTrainer,
+    checkpoint: str,
+    dataset: Dataset,
+    texts: list[str],
+    items: list[dict[str, float] | None],
+    trainer_metrics: dict[str, Any],
+    dropped: Sequence[DroppedItem],
+) -> Evaluation:
+    """Records (one per item, with its scores), metrics without the `eval_` prefix, and the skipped items."""
     metric_names = trainer.scorer.metric_names
     records = build_records(dataset, texts)
     for record, scores in zip(records, items, strict=True):
@@ -102,4 +119,29 @@ def evaluate_model(
     metrics |= summarize(records, metric_names)
     scored_zero = isinstance(trainer.scorer, TextScorer)  # mAP has no per-item scores
     skipped = [dropped_record(item, metric_names if scored_zero else ()) for item in dropped]
-    return Evaluation(model_args.model_name_or_path, records, metrics, metric_names, skipped)
+    return Evaluation(checkpoint, records, metrics, metric_names, skipped)
+
+
+def write_run_evaluation(
+    trainer: FlorenceTrainer,
+    dataset: Dataset,
+    eval_metrics: dict[str, Any],
+    output_dir: Path,
+    dropped: Sequence[DroppedItem] = (),
+) -> Path | None:
+    """The files `recipes/evaluate.py` writes (predictions.jsonl, metrics.json, submission.json, report.html),
+    for the recipe's final evaluation, from the predictions it generated; None when it scored nothing."""
+    last = trainer.last_eval_items()
+    if last is None:
+        return None
+    result = _evaluation(trainer, trainer.args.output_dir, dataset, *last, eval_metrics, dropped)
+    write_evaluation(output_dir, result.records, result.metrics, result.dropped)
+    return write_report(
+        output_dir,
+        result.records,
+        result.metrics,
+        images=lambda i: dataset[i]["image"],
+        metric_names=result.metric_names,
+        title=f"{trainer.args.output_dir}: final evaluation",
+        subtitle=", ".join(dict.fromkeys(source.task.name for source in trainer.sources)),
+    )

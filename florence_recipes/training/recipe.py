@@ -8,14 +8,15 @@ same for every task.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from transformers import set_seed
 
 from florence_recipes.builders import build_offline_fixtures
-from florence_recipes.builders.visual_qa import offline_result_note
+from florence_recipes.builders.visual_qa import offline_result_note, visual_qa_options
 from florence_recipes.cli import setup_logging
 from florence_recipes.configs.parser import parse_recipe_args
-from florence_recipes.data.sources import data_sources, load_eval_dataset, load_train_dataset
+from florence_recipes.data.sources import data_sources, format_metrics, load_eval_dataset, load_train_dataset
 from florence_recipes.data.validation import bad_sample_metrics, check_samples, count_truncated_targets
 from florence_recipes.models.loading import (
     apply_training_mode,
@@ -25,6 +26,7 @@ from florence_recipes.models.loading import (
 )
 from florence_recipes.training.budget import report_budget
 from florence_recipes.training.checkpoints import resolve_checkpoint
+from florence_recipes.training.evaluate import write_run_evaluation
 from florence_recipes.training.hub import check_hub_access
 from florence_recipes.training.trainer import FlorenceTrainer
 
@@ -120,10 +122,12 @@ def main() -> None:
     ###############
     if training_args.do_train:
         metrics = trainer.train(resume_from_checkpoint=last_checkpoint).metrics
+        trainer.exit_if_stopped_by_signal()  # SIGTERM/SIGUSR1: checkpoint saved, exit code 75
         if bad_samples["train"] is not None:
             metrics |= bad_sample_metrics(bad_samples["train"], prefix="train_")
             metrics["train_targets_truncated"] = truncated_targets
             metrics["train_samples"] = len(train_dataset)
+        metrics |= format_metrics(sources, data_args, "train")  # what reading another tool's layout skipped
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
         trainer.save_state()
@@ -136,8 +140,15 @@ def main() -> None:
         metrics = trainer.evaluate(metric_key_prefix="eval")
         metrics["eval_samples"] = len(eval_dataset)
         metrics |= bad_sample_metrics(bad_samples["eval"], prefix="eval_")
+        metrics |= format_metrics(sources, data_args, "eval")
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
+        if training_args.eval_report and trainer.is_world_process_zero():
+            # The files recipes/evaluate.py writes, from the predictions this evaluation generated.
+            dropped = bad_samples["eval"].dropped if bad_samples.get("eval") else ()
+            eval_dir = Path(training_args.output_dir) / "eval"
+            report = write_run_evaluation(trainer, eval_dataset, metrics, eval_dir, dropped)
+            logger.info("Evaluation files and report: %s", report or "none (nothing was scored)")
 
     ##################################
     # Save model and create model card
@@ -159,3 +170,24 @@ def main() -> None:
     logger.info("*** Done: %s ***", training_args.output_dir)
     if data_args.build_offline_fixtures and training_args.do_eval and "eval_anls" in metrics:
         logger.info(offline_result_note(sources[0].dataset, metrics["eval_anls"]))
+        if visual_qa_options(sources[0].dataset) is not None:  # a run that shows learning: what to do next
+            for line in next_commands(training_args.output_dir):
+                logger.info(line)
+    # Leave the process group together and on purpose: a process that exits while another still writes tore gloo
+    # down under it ("terminate called without an active exception", seen with ZeRO-3 on a loaded CPU).
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
+
+
+def next_commands(output_dir: str) -> list[str]:
+    """What a user runs after the first command: their own data, a real GPU run, an evaluation."""
+    return [
+        f"Curves and the evaluation report of this run: {output_dir}/training_curves.png, {output_dir}/eval/report.html",
+        "Next: (1) your own data (a folder of train.jsonl + validation.jsonl, or a maestro / COCO / LLaVA folder as "
+        "it is): accelerate launch recipes/custom.py --config recipes/custom/vqa_jsonl.yaml --dataset_name DIR",
+        "(2) Florence-2-base on DocVQA on a GPU: accelerate launch --config_file accelerate_configs/single_gpu.yaml "
+        "recipes/docvqa.py --config recipes/docvqa/base_full.yaml",
+        "(3) evaluate a trained model (ANLS, predictions.jsonl, report.html): python recipes/evaluate.py "
+        "--model_name_or_path outputs/florence-2-base-docvqa-full --dataset_name HuggingFaceM4/DocumentVQA "
+        "--split validation --output_dir eval/docvqa-base",
+    ]

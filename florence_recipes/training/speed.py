@@ -178,14 +178,7 @@ def build_feature_cache(
     produce them do not change. They run in eval mode (no stochastic depth), exactly as in training,
     where `apply_training_mode` switches stochastic depth off for a frozen tower.
     """
-    if storage not in ("memory", "disk"):
-        raise RecipeError(f"feature_cache={storage!r} is not one of: memory, disk")
-    trainable = [name for name, param in vision_parameters(model).items() if param.requires_grad]
-    if trainable:
-        raise RecipeError(
-            f"feature_cache={storage} needs a frozen vision tower (training_mode frozen_vision or lora), "
-            f"but {trainable[0]} is trainable"
-        )
+    _check_cacheable(model, storage)
     groups = image_groups(column_values(dataset, "image_id"))
     rows = {image_id: row for row, image_id in enumerate(groups)}
     shape = (len(rows), image_processor.image_seq_length, model.config.vision_config.projection_dim)
@@ -212,22 +205,11 @@ def build_feature_cache(
         features = torch.empty(shape, dtype=dtype)
 
     logger.info("Computing image features of %d unique images (%s cache)", len(rows), storage)
+    unique = dataset.select([positions[0] for positions in groups.values()]).select_columns(["image"])
     loader = DataLoader(
-        dataset.select([positions[0] for positions in groups.values()]).select_columns(["image"]),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=_PixelCollator(image_processor),
+        unique, batch_size=batch_size, num_workers=num_workers, collate_fn=_PixelCollator(image_processor)
     )
-    was_training = model.training
-    model.eval()
-    start = 0
-    with torch.no_grad(), autocast or contextlib.nullcontext():
-        for pixel_values in loader:
-            batch = model.get_image_features(pixel_values=pixel_values.to(device)).pooler_output
-            features[start : start + len(batch)] = batch.to("cpu", dtype)
-            start += len(batch)
-    model.train(was_training)
-
+    _fill_features(model, loader, features, device, autocast)
     if storage == "disk":
         mapped.flush()
         os.replace(partial_path, cache_dir / _CACHE_DATA)
@@ -235,6 +217,37 @@ def build_feature_cache(
         meta_path.write_text(json.dumps(meta))
         return ImageFeatureCache(features, rows, cache_dir / _CACHE_DATA)
     return ImageFeatureCache(features, rows)
+
+
+def _check_cacheable(model: PreTrainedModel, storage: str) -> None:
+    if storage not in ("memory", "disk"):
+        raise RecipeError(f"feature_cache={storage!r} is not one of: memory, disk")
+    trainable = [name for name, param in vision_parameters(model).items() if param.requires_grad]
+    if trainable:
+        raise RecipeError(
+            f"feature_cache={storage} needs a frozen vision tower (training_mode frozen_vision or lora), "
+            f"but {trainable[0]} is trainable"
+        )
+
+
+def _fill_features(
+    model: PreTrainedModel,
+    loader: DataLoader,
+    features: torch.Tensor,
+    device: torch.device | str,
+    autocast: contextlib.AbstractContextManager | None,
+) -> None:
+    """`features[i]` = the projected image features of the loader's i-th image, in eval mode (no stochastic
+    depth, as a frozen tower trains)."""
+    was_training = model.training
+    model.eval()
+    start = 0
+    with torch.no_grad(), autocast or contextlib.nullcontext():
+        for pixel_values in loader:
+            batch = model.get_image_features(pixel_values=pixel_values.to(device)).pooler_output
+            features[start : start + len(batch)] = batch.to("cpu", dtype=features.dtype)
+            start += len(batch)
+    model.train(was_training)
 
 
 def _open_memmap(path: Path, shape: tuple[int, ...], dtype: torch.dtype, mode: str) -> np.memmap:
