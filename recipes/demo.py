@@ -28,7 +28,8 @@ from florence_recipes.cli import run_recipe
 from florence_recipes.configs.model import ModelArguments
 from florence_recipes.configs.parser import RecipeArgumentParser
 from florence_recipes.errors import RecipeError
-from florence_recipes.models.inference import answer, draw_regions, load_for_inference
+from florence_recipes.models.inference import answer, load_for_inference
+from florence_recipes.models.outputs import draw_regions
 from florence_recipes.models.provenance import (
     TrainingRecord,
     generation_settings,

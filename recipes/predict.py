@@ -13,24 +13,38 @@ Florence-2 task token: `<OCR>`, `<CAPTION>`, `<DETAILED_CAPTION>`, `<OD>`, `<DEN
 `<OCR_WITH_REGION>`, `<CAPTION_TO_PHRASE_GROUNDING>` with `--question "a red car"`, ...; one that the model
 was not trained on gets one warning line saying what it expects. For tasks that return boxes or polygons the
 parsed result is printed and drawn on a copy of each image, saved as `OUTPUT_DIR/<image name>_<task>.png`.
+
+`--onnx FOLDER` answers with the files `recipes/export_onnx.py` wrote instead, on onnxruntime (greedy decoding;
+no PyTorch model is loaded), with the prompt of the `florence_recipes.json` exported beside them;
+`--onnx_quantized` takes the int8 files (docs/deploy.md).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from accelerate import PartialState
 from PIL import Image, UnidentifiedImageError
 
 from florence_recipes.cli import run_recipe
 from florence_recipes.configs.model import ModelArguments
 from florence_recipes.configs.parser import RecipeArgumentParser
 from florence_recipes.errors import RecipeError, first_line
-from florence_recipes.models.inference import answer, draw_regions, load_for_inference
-from florence_recipes.models.provenance import generation_settings, read_record, resolve_prompt
+from florence_recipes.models.outputs import draw_regions
+from florence_recipes.models.provenance import (
+    GenerationSettings,
+    PromptChoice,
+    generation_settings,
+    read_record,
+    resolve_prompt,
+)
+
+# Images, prompt -> answers: one generation call, on PyTorch or onnxruntime.
+Answerer = Callable[[list[Image.Image], str], list[str | dict[str, Any]]]
 
 
 @dataclass
@@ -60,6 +74,13 @@ class PredictArguments:
         default=None, metadata={"help": "Beam search width; default: the recorded evaluation's, else 3."}
     )
     batch_size: int = field(default=8, metadata={"help": "Images per generate() call."})
+    onnx: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder written by recipes/export_onnx.py: answer on onnxruntime (greedy), no PyTorch."
+        },
+    )
+    onnx_quantized: bool = field(default=False, metadata={"help": "With --onnx: use the int8 files."})
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "num_beams", "batch_size"):
@@ -76,31 +97,61 @@ def open_image(path: str) -> Image.Image:
         raise RecipeError(f"--image {path}: cannot read the image ({first_line(err)})") from None
 
 
+def torch_answerer(
+    model_args: ModelArguments, choice: PromptChoice, generation: GenerationSettings
+) -> Answerer:
+    from accelerate import PartialState
+
+    from florence_recipes.models.inference import answer, load_for_inference
+
+    model, processor = load_for_inference(model_args)
+    model.to(PartialState().device)
+    return lambda images, prompt: answer(
+        model,
+        processor,
+        images,
+        task=choice.task_token,
+        prompt=prompt,
+        max_new_tokens=generation.max_new_tokens,
+        max_length=generation.max_length,
+        num_beams=generation.num_beams,
+    )
+
+
+def onnx_answerer(args: PredictArguments, choice: PromptChoice, generation: GenerationSettings) -> Answerer:
+    """onnxruntime decodes greedily: beams the user asks for are refused, recorded ones get a warning line."""
+    from florence_recipes.models.onnx_inference import OnnxFlorence2, onnx_answer
+
+    if args.num_beams is not None and args.num_beams > 1:
+        raise RecipeError(f"--num_beams {args.num_beams}: --onnx decodes greedily; leave --num_beams out")
+    model = OnnxFlorence2(args.onnx, quantized=args.onnx_quantized)
+    if generation.num_beams is not None and generation.num_beams > 1:
+        sys.stderr.write(
+            f"warning: --onnx decodes greedily (the model was evaluated with {generation.num_beams} beams)\n"
+        )
+    return lambda images, prompt: onnx_answer(
+        model, images, prompt, choice.task_token, generation.max_new_tokens, generation.max_length
+    )
+
+
 def main() -> None:
     model_args, args = RecipeArgumentParser((ModelArguments, PredictArguments)).parse()
     images = [open_image(path) for path in args.image]  # fail on a bad path before loading the model
-    record = read_record(model_args.model_name_or_path, model_args.model_revision)
+    record = read_record(args.onnx or model_args.model_name_or_path, model_args.model_revision)
     choice = resolve_prompt(args.task, record)
     if choice.warning:  # a request the model was not trained on: honoured, with one line saying so
         sys.stderr.write(f"warning: {choice.warning}\n")
     prompt = choice.prompt(args.question)
     generation = generation_settings(record, args.max_new_tokens, args.num_beams)
-    model, processor = load_for_inference(model_args)
-    model.to(PartialState().device)
+    if args.onnx:
+        generate = onnx_answerer(args, choice, generation)
+    else:
+        generate = torch_answerer(model_args, choice, generation)
 
     results = []
     for start in range(0, len(images), args.batch_size):
         batch = images[start : start + args.batch_size]
-        outputs = answer(
-            model,
-            processor,
-            batch,
-            task=choice.task_token,
-            prompt=prompt,
-            max_new_tokens=generation.max_new_tokens,
-            max_length=generation.max_length,
-            num_beams=generation.num_beams,
-        )
+        outputs = generate(batch, prompt)
         paths = args.image[start : start + args.batch_size]
         for path, image, output in zip(paths, batch, outputs, strict=True):
             result = {"image": path, "prompt": prompt, "answer": output}

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, save_lora_adapter
 from eval_helpers import fit_tiny_model
 from peft import PeftModel
 from PIL import Image, ImageChops
@@ -23,8 +23,9 @@ from florence_recipes.data.collator import Florence2Collator
 from florence_recipes.data.loading import load_task_split
 from florence_recipes.data.tasks import get_task
 from florence_recipes.errors import RecipeError
-from florence_recipes.models.inference import answer, draw_regions, load_for_inference
-from florence_recipes.models.loading import apply_training_mode, load_model, load_processor
+from florence_recipes.models.inference import answer, load_for_inference
+from florence_recipes.models.loading import apply_training_mode, load_model
+from florence_recipes.models.outputs import draw_regions
 
 GENERATION = ["--num_beams", "1", "--max_new_tokens", "40"]
 SHAPES = {"rectangle", "circle", "triangle"}
@@ -120,13 +121,7 @@ def test_lora_adapter_folder_is_applied_to_its_base_model(tmp_path: Path, tiny_m
     lora_args = ModelArguments(model_name_or_path=str(tiny_model_dir), training_mode="lora", lora_r=4)
     peft_model = apply_training_mode(load_model(lora_args), lora_args)
     assert isinstance(peft_model, PeftModel)  # saved as an adapter folder, like training_mode: lora
-    torch.manual_seed(0)
-    for name, param in peft_model.named_parameters():
-        if "lora_B" in name:  # LoRA starts as a no-op (B = 0); make it change the outputs
-            torch.nn.init.normal_(param, std=0.5)
-    adapter = tmp_path / "adapter"
-    peft_model.save_pretrained(adapter)
-    load_processor(lora_args).save_pretrained(adapter)
+    adapter = save_lora_adapter(peft_model, lora_args, tmp_path / "adapter")
     assert (adapter / "adapter_config.json").is_file() and not (adapter / "config.json").exists()
 
     merged, processor = load_for_inference(ModelArguments(model_name_or_path=str(adapter)))

@@ -15,6 +15,9 @@ MULTI_IMAGE_POLICIES = (
     "concat",
 )  # rows with several images (florence_recipes.data.hub_tasks)
 BAD_SAMPLE_POLICIES = ("raise", "skip")  # florence_recipes.data.validation
+# How `dataset_name` is read (florence_recipes.data.formats): detected from the folder, another tool's layout, or
+# anything `datasets.load_dataset` reads (your own rows, imagefolder, a Hub dataset).
+DATASET_FORMATS = ("auto", "maestro", "coco", "llava", "datasets")
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

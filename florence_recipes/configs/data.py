@@ -9,6 +9,7 @@ import yaml
 
 from florence_recipes.configs.choices import (
     BAD_SAMPLE_POLICIES,
+    DATASET_FORMATS,
     MIXTURE_STOPPING_STRATEGIES,
     MULTI_IMAGE_POLICIES,
     NO_IMAGE_POLICIES,
@@ -29,6 +30,16 @@ class DataArguments:
         metadata={
             "help": "Hub dataset id or local folder in the same layout, loaded with `datasets.load_dataset`; or "
             "your own .jsonl / .parquet file, or a folder of {split}.jsonl / {split}.parquet or imagefolder."
+        },
+    )
+    dataset_format: str = field(
+        default="auto",
+        metadata={
+            "help": "Layout of dataset_name: auto (detected from the folder), maestro (Roboflow Florence-2 "
+            "annotations.jsonl), coco (Roboflow _annotations.coco.json or annotations/instances_<split>.json), "
+            "llava (conversations JSON/JSONL), or datasets (what datasets.load_dataset reads). A format implies "
+            "its task (docs/formats.md).",
+            "choices": DATASET_FORMATS,
         },
     )
     dataset_config: str | None = field(
@@ -120,6 +131,9 @@ class DataArguments:
             "choices": BAD_SAMPLE_POLICIES,
         },
     )
+    # Set by `parse_recipe_args`: whether `--task` was typed on the command line (not only in the YAML). A dataset
+    # format implies its task; only a task the user typed for this very run may contradict it (an error).
+    task_on_command_line: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.dataset_mixture, str):  # from the command line; a YAML file gives the list itself
@@ -133,6 +147,7 @@ class DataArguments:
         check_choice("no_image_policy", self.no_image_policy, NO_IMAGE_POLICIES)
         check_choice("multi_image_policy", self.multi_image_policy, MULTI_IMAGE_POLICIES)
         check_choice("on_bad_sample", self.on_bad_sample, BAD_SAMPLE_POLICIES)
+        check_choice("dataset_format", self.dataset_format, DATASET_FORMATS)
         for name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and value <= 0:

@@ -85,8 +85,10 @@ class RecipeArgumentParser(HfArgumentParser):
 def parse_recipe_args(
     args: list[str] | None = None,
 ) -> tuple[ModelArguments, DataArguments, FlorenceTrainingArguments]:
+    args = sys.argv[1:] if args is None else list(args)
     parser = RecipeArgumentParser((ModelArguments, DataArguments, FlorenceTrainingArguments))
     model_args, data_args, training_args = parser.parse(args)
+    data_args.task_on_command_line = any(arg == "--task" or arg.startswith("--task=") for arg in args)
     try:
         check_precision(model_args, training_args)
         if training_args.vision_learning_rate is not None and model_args.training_mode != "full":

@@ -27,6 +27,7 @@ from datasets import Dataset, Features, Image, IterableDataset, Value
 from datasets import Sequence as SequenceFeature
 from datasets.exceptions import DatasetGenerationError
 
+from florence_recipes.data.formats import format_rows
 from florence_recipes.data.tasks import SourceContext, Task
 from florence_recipes.errors import RecipeError, first_line
 
@@ -224,10 +225,17 @@ def standard_rows(
     streaming: bool = False,
     columns: Mapping[str, str] | None = None,
     subsample: tuple[float, float, int] | None = None,
+    dataset_format: str | None = None,
+    on_bad_sample: str = "raise",
 ) -> Dataset | IterableDataset:
     """Standard rows with undecoded images (`ROW_FEATURES`); `subsample` = (image_fraction,
-    turn_fraction, seed) for `subsample_turns`."""
-    raw, local_folder = _read_split(dataset_name, config, split, streaming)
+    turn_fraction, seed) for `subsample_turns`; `dataset_format`: another tool's layout
+    (`florence_recipes.data.formats`), read with its missing images skipped if `on_bad_sample` is skip."""
+    if dataset_format is not None:
+        raw = format_rows(dataset_format, dataset_name, split, task.name, on_bad_sample == "skip")
+        local_folder = None  # image paths are absolute already
+    else:
+        raw, local_folder = _read_split(dataset_name, config, split, streaming)
     where = f"{dataset_name}{f' [{config}]' if config else ''} ({split})"
     if columns:
         raw = _rename_columns(raw, columns, where)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import datasets
 from datasets import Dataset, Image, IterableDataset
 
+from florence_recipes.data.formats import Format, format_counts, implied_task, resolve_format
 from florence_recipes.data.loading import ROW_FEATURES, is_turn_layout, standard_rows, streamed_split
 from florence_recipes.data.tasks import SourceContext, Task, get_task
 from florence_recipes.errors import RecipeError
@@ -47,6 +48,9 @@ class DataSource:
     columns: Mapping[str, str] | None = None  # {task column: dataset column}
     image_fraction: float = 1.0  # seeded share of a multi-turn source's rows (images), see subsample_turns
     turn_fraction: float = 1.0  # seeded share of each kept row's turns
+    format: str | None = (
+        None  # another tool's layout (florence_recipes.data.formats); None: datasets reads it
+    )
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -179,7 +183,8 @@ def data_sources(data_args: DataArguments, training_args: TrainingArguments) -> 
     """The run's sources, checked before anything is downloaded: task names, mixture entries, Cauldron
     subsets and streaming options fail here with one line naming the entry or option."""
     if data_args.dataset_mixture is None:
-        task = get_task(data_args.task)
+        fmt = resolve_format(data_args.dataset_name, data_args.dataset_format)
+        task = get_task(data_args.task if fmt is None else _format_task(fmt, data_args))
         task.metrics_for(data_args.dataset_config)
         image_fraction, turn_fraction = _turn_fractions(
             task, data_args.image_fraction, data_args.turn_fraction, data_args.dataset_name
@@ -194,13 +199,48 @@ def data_sources(data_args: DataArguments, training_args: TrainingArguments) -> 
                 name=task.source_name(data_args.dataset_config),
                 image_fraction=image_fraction,
                 turn_fraction=turn_fraction,
+                format=None if fmt is None else fmt.name,
             )
         ]
+    elif data_args.dataset_format != "auto":
+        raise RecipeError(
+            "dataset_format applies to dataset_name; dataset_mixture entries are read by datasets.load_dataset"
+        )
     else:
         sources = _parse_mixture(data_args)
     if data_args.streaming:
         _check_streaming(sources, data_args, training_args)
     return sources
+
+
+def _format_task(fmt: Format, data_args: DataArguments) -> str:
+    """A format implies its task. `task:` in a YAML is a default the format overrides (so one smoke YAML serves
+    every layout); `--task` typed on the command line that contradicts it is a mistake, reported."""
+    skip = data_args.on_bad_sample == "skip"
+    implied = implied_task(fmt, data_args.dataset_name, data_args.train_split, skip)
+    if implied != data_args.task:
+        if data_args.task_on_command_line:
+            raise RecipeError(
+                f"--task {data_args.task}: {data_args.dataset_name} is in the {fmt.name} layout, which is read as "
+                f"task {implied}; drop --task, or set dataset_format: datasets to read the folder as your own rows"
+            )
+        logger.info(
+            "%s: %s layout, task %s (not task: %s)", data_args.dataset_name, fmt.name, implied, data_args.task
+        )
+    return implied
+
+
+def format_metrics(sources: list[DataSource], data_args: DataArguments, split: str) -> dict[str, int]:
+    """`<split>_<reason>` for what reading the sources' tool layouts skipped or clipped (all_results.json);
+    `split` is "train" or "eval". Counted over each whole annotation file the split reads."""
+    counts: Counter[str] = Counter()
+    for source in sources:
+        if source.format is not None:
+            name = source.split if split == "train" else source.eval_split
+            counts.update(
+                format_counts(source.format, source.dataset, name, data_args.on_bad_sample == "skip")
+            )
+    return {f"{split}_{reason}": count for reason, count in sorted(counts.items())}
 
 
 def _load_source(
@@ -225,6 +265,8 @@ def _load_source(
         subsample=None
         if subsample_seed is None or (source.image_fraction == 1 and source.turn_fraction == 1)
         else (source.image_fraction, source.turn_fraction, subsample_seed),
+        dataset_format=source.format,
+        on_bad_sample=data_args.on_bad_sample,
     )
 
 
