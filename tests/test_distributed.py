@@ -10,14 +10,19 @@ matched to the same questions, which a random model (empty answers, every score 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
@@ -385,8 +390,10 @@ def fake_slurm(bin_dir: Path, accelerate: str) -> dict[str, str]:
     bin_dir.mkdir()
     scripts = {
         "srun": FAKE_SRUN,
-        # Real scontrol expands the nodelist; the first host is where the rendezvous runs.
-        "scontrol": '#!/bin/bash\n[[ "$*" == "show hostnames node[01-02]" ]] && printf "localhost\\nnode02\\n"\n',
+        # Real scontrol expands the nodelist (the first host is where the rendezvous runs) and requeues a job
+        # (here: noted in $REQUEUE_LOG).
+        "scontrol": '#!/bin/bash\n[[ "$*" == "show hostnames node[01-02]" ]] && printf "localhost\\nnode02\\n"\n'
+        '[[ $1 == requeue ]] && echo "$2" >> "$REQUEUE_LOG"\nexit 0\n',
         "accelerate": accelerate,
     }
     for name, text in scripts.items():
@@ -413,7 +420,9 @@ def test_slurm_script_passes_the_slurm_topology_to_accelerate(config: str, tmp_p
         argv = (tmp_path / f"node-{rank}").read_text().split("\0")[:-1]
         assert argv[0] == "launch"
         args = launch_command_parser().parse_args(argv[1:])
-        assert (args.training_script, args.training_script_args) == ("recipes/docvqa.py", list(extra))
+        # A requeued job runs this same command: it resumes from the newest complete checkpoint, if any.
+        assert args.training_script == "recipes/docvqa.py"
+        assert args.training_script_args == ["--resume_from_checkpoint", "auto", *extra]
         args, defaults, _ = _validate_launch_command(args)
         assert (args.num_machines, args.num_processes, args.machine_rank) == (2, 8, rank)
         assert args.rdzv_backend == "c10d"
@@ -439,9 +448,9 @@ def test_slurm_script_refuses_to_run_outside_a_job(tmp_path: Path) -> None:
     assert result.returncode != 0 and "submit with sbatch" in result.stderr
 
 
-@pytest.mark.slow
-def test_slurm_script_trains_on_two_nodes(warm_model_dir: Path, docvqa_dir: Path, tmp_path: Path) -> None:
-    """Two 'nodes' on this machine, one CPU process each, joined by the c10d rendezvous of launch.slurm."""
+def two_node_job(tmp_path: Path) -> dict[str, str]:
+    """The environment of a launch.slurm job on two 'nodes' (this machine), one CPU process each, joined by
+    the c10d rendezvous; `scontrol requeue` is noted in tmp_path/requeued."""
     accelerate = (
         f'#!/bin/bash\nexec {shlex.quote(sys.executable)} -m accelerate.commands.accelerate_cli "$@"\n'
     )
@@ -449,14 +458,75 @@ def test_slurm_script_trains_on_two_nodes(warm_model_dir: Path, docvqa_dir: Path
         sock.bind(("localhost", 0))
         port = sock.getsockname()[1]
     env = fake_slurm(tmp_path / "bin", accelerate) | {"GPUS_PER_NODE": "1", "MAIN_PROCESS_PORT": str(port)}
-    env["WAIT_FOR_PORT"] = str(port)
-    out = tmp_path / "run"
+    return env | {
+        "WAIT_FOR_PORT": str(port),
+        "REQUEUE_LOG": str(tmp_path / "requeued"),
+        "SLURM_SUBMIT_DIR": str(tmp_path),
+    }
+
+
+def slurm_command(model_dir: Path, data_dir: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "bash", str(SLURM_SCRIPT), "accelerate_configs/multi_node.yaml", "recipes/docvqa.py",
+        *recipe_args(model_dir, data_dir, out, *TRAIN_ARGS, "--per_device_train_batch_size", "2",
+                     "--do_eval", "false", "--eval_strategy", "no", "--use_cpu", "true", *extra),
+    ]  # fmt: skip
+
+
+def run_job(command: list[str], env: dict[str, str]) -> None:
     result = subprocess.run(
-        ["bash", str(SLURM_SCRIPT), "accelerate_configs/multi_node.yaml", "recipes/docvqa.py",
-         *recipe_args(warm_model_dir, docvqa_dir, out, *TRAIN_ARGS, "--per_device_train_batch_size", "2",
-                      "--do_eval", "false", "--eval_strategy", "no", "--save_strategy", "no",
-                      "--use_cpu", "true")],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+
+
+@pytest.mark.slow
+def test_slurm_script_trains_on_two_nodes(warm_model_dir: Path, docvqa_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run_job(slurm_command(warm_model_dir, docvqa_dir, out, "--save_strategy", "no"), two_node_job(tmp_path))
     assert json.loads((out / "trainer_state.json").read_text())["epoch"] == pytest.approx(0.5)
+
+
+@pytest.mark.slow
+def test_slurm_script_requeues_a_signalled_job_that_resumes_bit_identically(
+    dropout_model_dir: Path, docvqa_dir: Path, tmp_path: Path
+) -> None:
+    """Slurm's warning (SIGUSR1 to every process of the job; the batch shell and the launchers ignore it) makes
+    both nodes save and stop; the script requeues the job, whose second run (the same command) resumes and
+    ends with the weights and losses of an uninterrupted job."""
+    env, steps = (
+        two_node_job(tmp_path),
+        ("--max_steps", "12", "--save_strategy", "steps", "--save_steps", "4"),
+    )
+    run_job(slurm_command(dropout_model_dir, docvqa_dir, tmp_path / "uninterrupted", *steps), env)
+
+    out = tmp_path / "requeued-job"
+    command = slurm_command(dropout_model_dir, docvqa_dir, out, *steps)
+    log = tmp_path / "first-run.log"
+    with log.open("w") as output:
+        job = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    while not (out / "checkpoint-4" / "trainer_state.json").exists():
+        assert job.poll() is None, log.read_text()[-4000:]
+        time.sleep(0.01)
+    # Slurm signals every process of the job (its cgroup); torchrun's workers have sessions of their own.
+    for process in [psutil.Process(job.pid), *psutil.Process(job.pid).children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):  # e.g. a `sleep` of the fake srun that just ended
+            process.send_signal(signal.SIGUSR1)
+    assert job.wait(timeout=600) == 0, log.read_text()[-4000:]
+    assert (tmp_path / "requeued").read_text() == "123456\n"
+    assert "requeueing job 123456" in log.read_text()
+
+    result = subprocess.run(
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert re.search(r"Resuming training from \S+/checkpoint-([5-9]|1[01])\b", result.stdout + result.stderr)
+    assert (tmp_path / "requeued").read_text() == "123456\n"  # finished: not requeued again
+    assert logged_losses(out) == logged_losses(tmp_path / "uninterrupted")
+    expected, got = (
+        load_file(tmp_path / "uninterrupted" / "model.safetensors"),
+        load_file(out / "model.safetensors"),
+    )
+    assert all(torch.equal(expected[name], got[name]) for name in expected)

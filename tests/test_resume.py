@@ -74,18 +74,6 @@ def results(output_dir: Path) -> tuple[dict, list[dict]]:
     return {k: v for k, v in evaluation.items() if not any(word in k for word in VOLATILE)}, steps
 
 
-@pytest.fixture
-def dropout_model_dir(tiny_model_dir: Path, tmp_path: Path) -> Path:
-    """The tiny model with dropout and stochastic depth, as Florence-2-base has: resuming must then also
-    restore the RNG state, or the dropout masks after a resume differ."""
-    folder = shutil.copytree(tiny_model_dir, tmp_path / "tiny-dropout")
-    config = json.loads((folder / "config.json").read_text())
-    config["text_config"] |= {"dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.1}
-    config["vision_config"]["drop_path_rate"] = 0.1
-    (folder / "config.json").write_text(json.dumps(config))
-    return folder
-
-
 def test_killed_and_resumed_run_matches_an_uninterrupted_one(
     dropout_model_dir: Path, docvqa_dir: Path, tmp_path: Path
 ) -> None:

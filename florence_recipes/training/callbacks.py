@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from types import FrameType
 from typing import Any
 
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 logger = logging.getLogger(__name__)
+
+# sysexits' EX_TEMPFAIL ("try again later"): the run saved a checkpoint on a signal and stopped; the same
+# command with `--resume_from_checkpoint auto` continues it. recipes/launch.slurm requeues the job on it.
+SAVED_ON_SIGNAL_EXIT_CODE = 75
 
 
 class NonFiniteLossGuard(TrainerCallback):
@@ -102,3 +111,91 @@ class NonFiniteLossGuard(TrainerCallback):
         if self.failure is not None:
             control.should_save = False
             control.should_evaluate = False
+
+
+class SaveOnSignal(TrainerCallback):
+    """Saves a full checkpoint and stops training at the end of the optimizer step during which one of
+    `signals` arrived (a scheduler's pre-emption or time-limit warning).
+
+    The handler only notes the signal; at each step's end the processes take the largest of their notes (one
+    4-byte all-reduce), so all of them stop after the same step even if the signal reached only some, and the
+    Trainer then writes its ordinary checkpoint (weights, optimizer, scheduler, RNG states, data position).
+    Later signals are ignored: a second SIGTERM cannot cut the save short. Handlers are installed when training
+    starts and put back when it ends without a signal; after a save on a signal the process ignores them until
+    it exits with `SAVED_ON_SIGNAL_EXIT_CODE`.
+    """
+
+    def __init__(self, signals: Sequence[str]) -> None:
+        self.signals = [signal.Signals[name] for name in signals]
+        self.received: signal.Signals | None = None
+        self.received_at = 0.0  # time.monotonic() of the first signal
+        self.ignored = 0  # signals after the first
+        self.saved_step: int | None = None  # the step saved because of the signal
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def _note(self, signum: int, frame: FrameType | None) -> None:
+        # Runs between two bytecodes of the main thread: no logging (its locks), no I/O.
+        if self.received is None:
+            self.received, self.received_at = signal.Signals(signum), time.monotonic()
+        else:
+            self.ignored += 1
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.received, self.ignored, self.saved_step = None, 0, None
+        if threading.current_thread() is not threading.main_thread():
+            logger.warning("training runs outside the main thread: no checkpoint will be saved on a signal")
+            return
+        for sig in self.signals:
+            self._previous[sig] = signal.signal(sig, self._note)
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if self._agreed(args):
+            self.saved_step = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_epoch_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        # The Trainer ends the epoch it stopped in: with save/eval_strategy "epoch" it would evaluate now (a
+        # result the uninterrupted run never logs) and write the saved checkpoint again, in place.
+        if self.saved_step is not None:
+            control.should_save = control.should_evaluate = False
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Put the signal handlers back (also after an exception, which skips on_train_end)."""
+        for sig, handler in self._previous.items():
+            # After a save on a signal the process exits on its own; ignoring (not merely noting) later signals
+            # also covers interpreter shutdown, where Python puts its handlers back to the default (terminate).
+            signal.signal(sig, handler if self.saved_step is None else signal.SIG_IGN)
+        self._previous.clear()
+
+    def _agreed(self, args: TrainingArguments) -> bool:
+        """Whether any process got a signal; the same answer in every process of the run."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return self.received is not None
+        flag = torch.tensor(int(self.received is not None), dtype=torch.int32, device=args.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        stop = bool(flag.item())
+        if stop and self.received is None:  # another process got it: stop with it
+            self.received_at = time.monotonic()
+        return stop
+
+    def summary(self, checkpoint: str) -> str:
+        """The one line a run that stopped on a signal logs before it exits."""
+        name = self.received.name if self.received is not None else "a signal to another process"
+        ignored = f"; {self.ignored} later signal(s) ignored" if self.ignored else ""
+        return (
+            f"{name}: saved {checkpoint} at step {self.saved_step}, {time.monotonic() - self.received_at:.1f} s "
+            f"after the signal{ignored}; exiting with code {SAVED_ON_SIGNAL_EXIT_CODE}. The same command with "
+            "--resume_from_checkpoint auto continues the run"
+        )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -20,9 +22,11 @@ logger = logging.getLogger(__name__)
 def resolve_checkpoint(training_args: FlorenceTrainingArguments) -> str | None:
     """Checkpoint to resume from; refuses to silently train over an output_dir that holds checkpoints.
 
-    `--resume_from_checkpoint true` takes the newest *complete* checkpoint: one cut off by a crash while it
-    was being written is moved to `incomplete-checkpoints/` first (the Trainer would otherwise pick it, and
-    would write into it again later). The main process goes first, so the others see the folder it left.
+    `--resume_from_checkpoint true` takes the newest *complete* checkpoint, `auto` too but starts from scratch
+    when there is none (a requeued job runs the same command line as the first). Checkpoints cut off by a crash
+    while they were being written are moved to `incomplete-checkpoints/` first, one line each (the Trainer
+    would otherwise pick one, and write into it again later). The main process goes first, so the others see
+    the folder it left.
     """
     with training_args.main_process_first(local=training_args.save_on_each_node, desc="checking checkpoints"):
         return _resolve_checkpoint(training_args)
@@ -32,14 +36,19 @@ def _resolve_checkpoint(training_args: FlorenceTrainingArguments) -> str | None:
     output_dir = Path(training_args.output_dir)
     resume = training_args.resume_from_checkpoint
     checkpoints = _checkpoints(output_dir)
-    if resume is not None and str(resume).lower() in ("true", "latest"):
-        while checkpoints and not is_complete_checkpoint(checkpoints[-1]):
-            _set_aside_incomplete(checkpoints.pop())
-        if not checkpoints:
-            raise RecipeError(
-                f"--resume_from_checkpoint true: no complete checkpoint-* folder in {output_dir}"
+    keyword = str(resume).lower()
+    if keyword in ("true", "latest", "auto"):
+        for checkpoint in [path for path in checkpoints if not is_complete_checkpoint(path)]:
+            _set_aside_incomplete(checkpoint)
+            checkpoints.remove(checkpoint)
+        if checkpoints:
+            return str(checkpoints[-1])
+        if keyword == "auto":
+            logger.info(
+                "--resume_from_checkpoint auto: no checkpoint in %s yet, starting from scratch", output_dir
             )
-        return str(checkpoints[-1])
+            return None
+        raise RecipeError(f"--resume_from_checkpoint true: no complete checkpoint-* folder in {output_dir}")
     if resume is not None:
         if not Path(resume).is_dir():
             raise RecipeError(f"--resume_from_checkpoint: {resume} is not a folder")
@@ -102,3 +111,66 @@ def _move_old_checkpoints(output_dir: Path) -> None:
     for checkpoint in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
         shutil.move(str(checkpoint), archive / checkpoint.name)
     logger.warning("--overwrite_output_dir: moved existing checkpoints to %s", archive)
+
+
+def sync_to_disk(folder: str | Path) -> None:
+    """fsync `folder` and every file in it: what this node wrote is on disk before the checkpoint's completion
+    marker (trainer_state.json) is written, so a node lost right after cannot leave a "complete" checkpoint
+    whose weights were still in its page cache."""
+    folder = Path(folder)
+    for path in [*sorted(folder.rglob("*")), folder]:
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        except OSError:
+            if not path.is_dir():  # some filesystems refuse to fsync a directory (EINVAL); its files matter
+                raise
+        finally:
+            os.close(descriptor)
+
+
+def out_of_space_error(
+    error: BaseException, checkpoint: Path, previous: str | None, weights_bytes: int
+) -> RecipeError | None:
+    """The one-line error for a checkpoint save that failed for lack of space, else None.
+
+    Out of space means ENOSPC somewhere in the exception chain, or, since `torch.save` reports a full disk as
+    a bare "unexpected pos" RuntimeError, a device left with less free space than the checkpoint needs. The
+    need is the previous complete checkpoint's size, or without one the weights plus Adam's two moments.
+    """
+    if previous is not None:
+        needed, basis = _folder_bytes(previous), f"the size of {Path(previous).name}"
+    else:
+        needed, basis = 3 * weights_bytes, "weights + Adam's two moments"
+    free = shutil.disk_usage(checkpoint.parent).free
+    if not (_says_out_of_space(error) or free < needed):
+        return None
+    kept = f"{previous} is intact" if previous else "there is no earlier checkpoint"
+    return RecipeError(
+        f"no space left on the device while saving {checkpoint}: a checkpoint needs about {_size(needed)} "
+        f"({basis}), {_size(free)} free; {kept}: free space, then resume with --resume_from_checkpoint auto"
+    )
+
+
+def _folder_bytes(folder: str | Path) -> int:
+    return sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file())
+
+
+def _says_out_of_space(error: BaseException | None) -> bool:
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        # safetensors' Rust error carries only the OS message, not an errno.
+        if getattr(error, "errno", None) == errno.ENOSPC or os.strerror(errno.ENOSPC) in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _size(num_bytes: float) -> str:
+    units = ("B", "KiB", "MiB", "GiB")
+    power = 0
+    while num_bytes >= 1024 and power < len(units) - 1:
+        num_bytes /= 1024
+        power += 1
+    return f"{num_bytes:.1f} {units[power]}"

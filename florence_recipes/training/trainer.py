@@ -7,15 +7,19 @@ the vision tower its own learning rate if asked, and writes the model card's usa
 (LoRA merged if asked).
 
 It uses the Trainer's public extension points (`create_optimizer`, `get_train_dataloader`, `compute_loss`,
-`prediction_step`, `evaluation_loop`, `train`, `create_model_card`) and one private hook, `_get_train_sampler`, the only way to give
-the Trainer's own DataLoader a sampler. `PRIVATE_TRAINER_HOOKS` lists it with the private helpers
-`prediction_step` calls, and `tests/test_trainer_hooks.py` fails, naming the hook, when transformers changes them.
+`prediction_step`, `evaluation_loop`, `train`, `create_model_card`) and a few private hooks: `_get_train_sampler`, the
+only way to give the Trainer's own DataLoader a sampler; `_save_rng_state`, the last write of every process into a
+checkpoint, after which a barrier lets the main process write the completion marker; and `_save_checkpoint`, to
+report a full disk in one line (docs/faults.md). `PRIVATE_TRAINER_HOOKS` lists them with the private helpers they
+call, and `tests/test_code_layout.py` fails, naming the hook, when transformers changes them.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,7 @@ from datasets import Dataset
 from torch.utils.data import DataLoader, Sampler
 from transformers import PreTrainedModel, ProcessorMixin, Seq2SeqTrainer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.trainer_utils import EvalLoopOutput
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput
 
 from florence_recipes.configs.training import FlorenceTrainingArguments
 from florence_recipes.data.collator import Florence2Collator
@@ -34,8 +38,8 @@ from florence_recipes.data.validation import DroppedItem
 from florence_recipes.errors import RecipeError
 from florence_recipes.evaluation.scoring import Scorer, build_scorer
 from florence_recipes.models.provenance import SourceRecord, TrainingRecord, observed_format, write_record
-from florence_recipes.training.callbacks import NonFiniteLossGuard
-from florence_recipes.training.checkpoints import last_complete_checkpoint
+from florence_recipes.training.callbacks import SAVED_ON_SIGNAL_EXIT_CODE, NonFiniteLossGuard, SaveOnSignal
+from florence_recipes.training.checkpoints import last_complete_checkpoint, out_of_space_error, sync_to_disk
 from florence_recipes.training.curves import TrainingCurvesCallback
 from florence_recipes.training.model_card import add_usage, usage_section
 from florence_recipes.training.speed import (
@@ -51,8 +55,18 @@ from florence_recipes.training.speed import (
 logger = logging.getLogger(__name__)
 
 # Private members of transformers' (Seq2Seq)Trainer this class relies on: overridden, or called from
-# `prediction_step`. Checked by tests/test_trainer_hooks.py against the installed transformers.
-PRIVATE_TRAINER_HOOKS = ("_get_train_sampler", "_prepare_inputs", "_pad_tensors_to_max_len")
+# `prediction_step`. Checked by tests/test_code_layout.py against the installed transformers.
+PRIVATE_TRAINER_HOOKS = (
+    "_get_train_sampler",
+    "_prepare_inputs",
+    "_pad_tensors_to_max_len",
+    "_save_checkpoint",
+    "_save_rng_state",
+    "_get_output_dir",
+)
+# Set by recipes/launch.slurm: the main process writes SAVED_ON_SIGNAL_EXIT_CODE into this file when it stops
+# on a signal, since the launchers (accelerate, torchrun) report any failed worker as exit code 1.
+EXIT_CODE_FILE_ENV = "FLORENCE_EXIT_CODE_FILE"
 
 
 class FlorenceTrainer(Seq2SeqTrainer):
@@ -88,6 +102,8 @@ class FlorenceTrainer(Seq2SeqTrainer):
         if eval_dataset is not None and args.predict_with_generate:
             self.scorer = build_scorer(processor, eval_dataset, sources, dropped=eval_dropped or ())
         self.nonfinite_guard = NonFiniteLossGuard(args.nonfinite_loss_patience)
+        signals = [name for name in args.save_on_signal.split(",") if name]
+        self.save_on_signal = SaveOnSignal(signals) if signals else None
         super().__init__(
             model=model,
             args=args,
@@ -99,7 +115,13 @@ class FlorenceTrainer(Seq2SeqTrainer):
             ),
             processing_class=processor,
             compute_metrics=self.scorer,
-            callbacks=[self.nonfinite_guard, TrainingCurvesCallback(), *(callbacks or [])],
+            # The guard after SaveOnSignal: its veto keeps a save on a signal from storing NaN steps.
+            callbacks=[
+                *([self.save_on_signal] if self.save_on_signal else []),
+                self.nonfinite_guard,
+                TrainingCurvesCallback(),
+                *(callbacks or []),
+            ],
         )
         self.sources = sources
         self.training_mode = training_mode
@@ -110,7 +132,11 @@ class FlorenceTrainer(Seq2SeqTrainer):
     # --- training --------------------------------------------------------------------------------------
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
-        result = super().train(*args, **kwargs)
+        try:
+            result = super().train(*args, **kwargs)
+        finally:
+            if self.save_on_signal is not None:
+                self.save_on_signal.release()
         if self.nonfinite_guard.failure is not None:
             last_good = last_complete_checkpoint(self.args.output_dir) or "none yet"
             raise RecipeError(
@@ -118,6 +144,21 @@ class FlorenceTrainer(Seq2SeqTrainer):
                 "bf16 to fp16 or check the data, then resume with --resume_from_checkpoint true"
             )
         return result
+
+    def exit_if_stopped_by_signal(self) -> None:
+        """After `train()`: if a signal stopped it, log one line and exit with `SAVED_ON_SIGNAL_EXIT_CODE` (the
+        checkpoint is saved; evaluation and the final model are left to the resumed run)."""
+        if self.save_on_signal is None or self.save_on_signal.saved_step is None:
+            return
+        checkpoint = Path(self.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.save_on_signal.saved_step}"
+        if self.is_world_process_zero():
+            logger.warning(self.save_on_signal.summary(str(checkpoint)))
+            if exit_code_file := os.environ.get(EXIT_CODE_FILE_ENV):
+                Path(exit_code_file).write_text(f"{SAVED_ON_SIGNAL_EXIT_CODE}\n")
+        # No process exits before the main one has written the checkpoint's marker: a launcher that sees one
+        # process exit (srun --kill-on-bad-exit, torchrun) kills the others.
+        self.accelerator.wait_for_everyone()
+        sys.exit(SAVED_ON_SIGNAL_EXIT_CODE)
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         """The Trainer's optimizer; with `vision_learning_rate`, the vision tower's parameters move to param
@@ -250,11 +291,21 @@ class FlorenceTrainer(Seq2SeqTrainer):
             raise RecipeError("predicting the eval set needs an eval_dataset and predict_with_generate=true")
         output = self.predict(self.eval_dataset, metric_key_prefix=metric_key_prefix)
         texts = self.scorer.decode(output.predictions)
-        items = self.scorer.score(texts).items
-        if self.eval_order is not None:
-            texts = restore_dataset_order(texts, self.eval_order)
-            items = restore_dataset_order(items, self.eval_order)
-        return texts, items, output.metrics
+        return *self._in_dataset_order(texts, self.scorer.score(texts).items), output.metrics
+
+    def last_eval_items(self) -> tuple[list[str], list[dict[str, float] | None]] | None:
+        """The last scored evaluation's texts and item scores, in the eval set's original order (None before
+        one): what the recipe writes its evaluation files from, without generating twice."""
+        if self.scorer is None or self.scorer.last is None:
+            return None
+        return self._in_dataset_order(*self.scorer.last)
+
+    def _in_dataset_order(
+        self, texts: list[str], items: list[dict[str, float] | None]
+    ) -> tuple[list[str], list[dict[str, float] | None]]:
+        if self.eval_order is None:
+            return texts, items
+        return restore_dataset_order(texts, self.eval_order), restore_dataset_order(items, self.eval_order)
 
     # --- saving -----------------------------------------------------------------------------------------
 
@@ -284,6 +335,29 @@ class FlorenceTrainer(Seq2SeqTrainer):
             generation_num_beams=self.args.generation_num_beams,
             training_mode=self.training_mode,
         )
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        """The Trainer's checkpoint; a full disk stops the run with one line naming the folder and the space it
+        needs (the previous checkpoint is kept: rotation only runs after a save completes)."""
+        try:
+            super()._save_checkpoint(model, trial)
+        except Exception as err:
+            run_dir = Path(self._get_output_dir(trial=trial))
+            checkpoint = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            previous = last_complete_checkpoint(run_dir)  # the new one never got its marker
+            # ds_numel: a ZeRO-3 parameter's full size (numel() is this process's slice, often 0)
+            params = self.accelerator.unwrap_model(model).parameters()
+            weights = sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in params)
+            if (full_disk := out_of_space_error(err, checkpoint, previous, weights)) is not None:
+                raise full_disk from err
+            raise
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        # The last file every process writes into a checkpoint. The main process writes trainer_state.json, the
+        # checkpoint's completion marker, right after this returns: only once all files are on disk.
+        super()._save_rng_state(output_dir)
+        sync_to_disk(output_dir)
+        self.accelerator.wait_for_everyone()
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save as the Trainer does, plus the training record (checkpoints, the final model, Hub pushes)."""
